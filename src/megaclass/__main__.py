@@ -1,0 +1,3 @@
+from megaclass.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""Collectives for the class-sharded head, with their communication contract.
+
+Every function takes the process group explicitly; ``group=None`` means "one process, no
+torch.distributed set-up": the function then does no communication at all.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def rank_and_size(group: dist.ProcessGroup | None) -> tuple[int, int]:
+    """(this process's rank in ``group``, the group's size); (0, 1) for ``group=None``."""
+    if group is None:
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def all_gather_ints(values: list[int], group: dist.ProcessGroup | None) -> list[list[int]]:
+    """Every rank's ``values`` (same length on all ranks), in rank order.
+
+    Collective: one ``all_gather_single`` of ``len(values)`` int64 on ``group``.
+    """
+    local = torch.tensor(values, dtype=torch.int64)
+    if group is None:
+        return [local.tolist()]
+    _, world_size = rank_and_size(group)
+    device = _device_of(group)
+    gathered = torch.empty(world_size * len(values), dtype=torch.int64, device=device)
+    dist.all_gather_single(gathered, local.to(device), group=group)
+    return gathered.view(world_size, len(values)).tolist()
+
+
+def gather_rows(
+    tensor: torch.Tensor,
+    sizes: list[int],
+    group: dist.ProcessGroup | None,
+    grad_scale: float = 1.0,
+) -> torch.Tensor:
+    """Concatenate every rank's rows in rank order: ``[sizes[r], ...]`` on rank r -> ``[sum, ...]``.
+
+    ``sizes`` is the row count of every rank (ranks may differ). Differentiable: the gradient of
+    this rank's rows is the sum over ranks of the gradients of those rows, times ``grad_scale``.
+
+    Collectives on ``group``: forward one ``all_gather_single`` of ``max(sizes)`` rows per rank
+    (rows padded to equal size); backward one ``reduce_scatter_single`` (SUM) of the same size.
+    """
+    if group is None:
+        return tensor if grad_scale == 1.0 else _ScaleGrad.apply(tensor, grad_scale)
+    return _GatherRows.apply(tensor, sizes, group, grad_scale)
+
+
+def logsumexp_across(
+    row_max: torch.Tensor,
+    sum_exp: torch.Tensor,
+    extra: torch.Tensor,
+    group: dist.ProcessGroup | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine per-shard log-sum-exp statistics into the global one, in log space.
+
+    row_max [B], sum_exp [B]: this shard's ``lse_shard = row_max + log(sum_exp)``; extra [B] is
+    summed over ranks in the same round trip. Returns (global lse [B], summed extra [B]).
+
+    Collectives on ``group``: one ``all_reduce`` (MAX) of [B], then one ``all_reduce`` (SUM) of
+    [2, B]. Nothing is clamped: a shard far below the maximum contributes ``exp(-large) = 0``.
+    """
+    global_max = row_max.clone()
+    if group is not None:
+        dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=group)
+    rescaled = torch.where(
+        sum_exp > 0, sum_exp * (row_max - global_max).exp(), torch.zeros_like(sum_exp)
+    )
+    sums = torch.stack([rescaled, extra])  # [2, B]
+    if group is not None:
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+    return global_max + sums[0].log(), sums[1]
+
+
+def _device_of(group: dist.ProcessGroup) -> torch.device:
+    """NCCL groups communicate CUDA tensors; every other backend CPU tensors."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor, grad_scale):
+        ctx.grad_scale = grad_scale
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.grad_scale, None
+
+
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor, sizes, group, grad_scale):
+        rank, world_size = rank_and_size(group)
+        max_rows = max(sizes)
+        ctx.sizes, ctx.group, ctx.grad_scale, ctx.rank = sizes, group, grad_scale, rank
+        if max_rows == 0:
+            return tensor.new_empty((0, *tensor.shape[1:]))
+        padded = tensor.new_zeros((max_rows, *tensor.shape[1:]))
+        padded[: tensor.shape[0]] = tensor
+        gathered = tensor.new_empty((world_size * max_rows, *tensor.shape[1:]))
+        dist.all_gather_single(gathered, padded, group=group)
+        pieces = gathered.split(max_rows)
+        return torch.cat([piece[:n] for piece, n in zip(pieces, sizes, strict=True)])
+
+    @staticmethod
+    def backward(ctx, grad):
+        sizes, max_rows = ctx.sizes, max(ctx.sizes)
+        if max_rows == 0:
+            return grad.new_empty((0, *grad.shape[1:])), None, None, None
+        padded = grad.new_zeros((len(sizes) * max_rows, *grad.shape[1:]))
+        for r, piece in enumerate(grad.split(sizes)):
+            padded[r * max_rows : r * max_rows + sizes[r]] = piece
+        own = grad.new_empty((max_rows, *grad.shape[1:]))
+        dist.reduce_scatter_single(own, padded, op=dist.ReduceOp.SUM, group=ctx.group)
+        own = own[: sizes[ctx.rank]]
+        if ctx.grad_scale != 1.0:
+            own = own * ctx.grad_scale
+        return own, None, None, None

@@ -1,0 +1,211 @@
+"""Softmax cross entropy over one shard of classes, streamed over chunks of classes.
+
+The loss of row ``i`` is ``lse_i - l_i`` where ``l_i`` is its (penalised) target logit and
+``lse_i`` the log-sum-exp of its logits over every class, the target logit substituted. This
+module computes, for the classes of one shard (the rows of ``weight``):
+
+- ``shard_logsumexp``: per row, the maximum logit and the sum of ``exp(logit - max)``; shards
+  combine these into the global ``lse`` (see ``megaclass.distributed.logsumexp_across``);
+- ``shard_softmax_backward``: the gradient of ``sum_i g_i * (lse_i - l_i)`` for the global
+  ``lse``, with respect to the queries and to this shard's weights.
+
+Logits are formed ``chunk_size`` classes at a time and recomputed in the backward pass, so memory
+is O(batch x chunk) rather than O(batch x classes) (the idea behind Cut Cross-Entropy and Liger's
+fused linear cross entropy). ``chunk_size=None`` forms all logits at once and keeps their
+exponentials for the backward pass instead: faster, O(batch x classes) memory.
+
+Shapes: queries ``[B, D]``, weight ``[C, D]`` (``C`` classes of this shard). For cosine margins
+the queries are ``scale * x / |x|`` and every weight row is normalised chunk by chunk, so the raw
+logit ``queries . w_hat`` is ``scale * cos``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from megaclass.functional.margins import Margin
+
+_NORM_EPS = 1e-12  # as F.normalize
+
+
+@dataclass(frozen=True)
+class ShardTargets:
+    """Where each row's target class lies in this shard, and its penalised logit.
+
+    rows:   [B] int64, the target's row in ``weight``, -1 where the target is elsewhere (or ignored)
+    logits: [B] fp32, the penalised target logit where owned, 0 elsewhere
+    slope:  [B] fp32, d(target logit) / d(raw logit) where owned, 0 elsewhere
+    """
+
+    rows: torch.Tensor
+    logits: torch.Tensor
+    slope: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ShardLogSumExp:
+    """Per-row log-sum-exp statistics of one shard: ``lse_shard = row_max + log(sum_exp)``.
+
+    row_max: [B] fp32 (``-inf`` for an empty shard); sum_exp: [B] fp32;
+    kept_exp: [B, C] ``exp(logit - row_max)`` when computed unchunked, else None.
+    """
+
+    row_max: torch.Tensor
+    sum_exp: torch.Tensor
+    kept_exp: torch.Tensor | None
+
+
+def shard_targets(
+    queries: torch.Tensor, weight: torch.Tensor, target_rows: torch.Tensor, margin: Margin
+) -> ShardTargets:
+    """Penalised target logits of the rows whose target lies in this shard.
+
+    queries [B, D], weight [C, D], target_rows [B] (row in ``weight`` or -1).
+    """
+    owned = (target_rows >= 0).nonzero().squeeze(1)  # [n]
+    target_w = weight[target_rows[owned]].float()  # [n, D]
+    if margin.normalize:
+        target_w = F.normalize(target_w, dim=1, eps=_NORM_EPS)
+    raw = (queries[owned].float() * target_w).sum(1)  # [n]
+    with torch.enable_grad():
+        cos = (raw / margin.scale).requires_grad_()
+        penalised = margin.target_logit(cos)
+        (dlogit_dcos,) = torch.autograd.grad(penalised.sum(), cos)
+    logits = torch.zeros(len(target_rows), dtype=torch.float32, device=queries.device)
+    slope = torch.zeros_like(logits)
+    logits[owned] = penalised.detach()
+    slope[owned] = dlogit_dcos / margin.scale
+    return ShardTargets(rows=target_rows, logits=logits, slope=slope)
+
+
+def shard_logsumexp(
+    queries: torch.Tensor,
+    weight: torch.Tensor,
+    targets: ShardTargets,
+    *,
+    normalize: bool,
+    chunk_size: int | None,
+    matmul_dtype: torch.dtype,
+) -> ShardLogSumExp:
+    """Row maxima and sums of exponentials of this shard's logits, targets substituted."""
+    num_rows, num_classes = queries.shape[0], weight.shape[0]
+    row_max = torch.full((num_rows,), float("-inf"), device=queries.device)
+    sum_exp = torch.zeros(num_rows, device=queries.device)
+    queries_mm = queries.to(matmul_dtype)
+    step = num_classes if chunk_size is None else chunk_size
+    buffer = torch.empty(num_rows, min(step, num_classes), device=queries.device)
+    for start, stop in _chunks(num_classes, step):
+        logits = buffer[:, : stop - start]  # [B, c]
+        _chunk_logits(queries_mm, weight[start:stop], normalize, out=logits)
+        _substitute_targets(logits, targets, start, stop, targets.logits)
+        chunk_max = logits.amax(1)  # [B]
+        chunk_sum = logits.sub_(chunk_max[:, None]).exp_().sum(1)  # [B]
+        new_max = torch.maximum(row_max, chunk_max)
+        sum_exp = sum_exp * (row_max - new_max).exp() + chunk_sum * (chunk_max - new_max).exp()
+        row_max = new_max
+    kept_exp = buffer if chunk_size is None and num_classes > 0 else None
+    return ShardLogSumExp(row_max=row_max, sum_exp=sum_exp, kept_exp=kept_exp)
+
+
+def shard_softmax_backward(
+    queries: torch.Tensor,
+    weight: torch.Tensor,
+    targets: ShardTargets,
+    lse: torch.Tensor,
+    row_grad: torch.Tensor,
+    shard_lse: ShardLogSumExp,
+    *,
+    normalize: bool,
+    chunk_size: int | None,
+    matmul_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of ``sum_i row_grad_i * (lse_i - target_logit_i)`` restricted to this shard.
+
+    lse [B] is the global log-sum-exp; row_grad [B] the weight of each row's loss (0 for ignored
+    rows). Returns (grad_queries [B, D] fp32, this shard's contribution; grad_weight [C, D]).
+    """
+    num_rows, num_classes = queries.shape[0], weight.shape[0]
+    grad_queries = torch.zeros(queries.shape, dtype=torch.float32, device=queries.device)
+    grad_weight = torch.empty_like(weight)
+    queries_mm = queries.to(matmul_dtype)
+    step = num_classes if chunk_size is None else chunk_size
+    buffer = torch.empty(num_rows, min(step, num_classes), device=queries.device)
+    for start, stop in _chunks(num_classes, step):
+        grad_logits = buffer[:, : stop - start]  # [B, c], becomes d loss / d raw logit
+        if shard_lse.kept_exp is None:
+            w_hat = _chunk_logits(queries_mm, weight[start:stop], normalize, out=grad_logits)
+            _substitute_targets(grad_logits, targets, start, stop, targets.logits)
+            grad_logits.sub_(lse[:, None]).exp_().mul_(row_grad[:, None])
+        else:
+            w_hat = _normalized(weight, normalize)
+            row_scale = (shard_lse.row_max - lse).exp() * row_grad  # [B]
+            torch.mul(shard_lse.kept_exp, row_scale[:, None], out=grad_logits)
+        # The target column: d/d raw = (p - 1) * g * slope, where the other columns have p * g.
+        owned_grad = _gather_targets(grad_logits, targets, start, stop)
+        _substitute_targets(
+            grad_logits, targets, start, stop, (owned_grad - row_grad) * targets.slope
+        )
+        grad_mm = grad_logits.to(matmul_dtype)
+        grad_queries.add_(grad_mm @ w_hat.to(matmul_dtype))
+        grad_w_hat = (grad_mm.t() @ queries_mm).float()  # [c, D]
+        grad_weight[start:stop] = (
+            _normalize_backward(grad_w_hat, weight[start:stop]) if normalize else grad_w_hat
+        )
+    return grad_queries, grad_weight
+
+
+def _chunks(num_classes: int, chunk_size: int):
+    for start in range(0, num_classes, max(chunk_size, 1)):
+        yield start, min(start + chunk_size, num_classes)
+
+
+def _normalized(w: torch.Tensor, normalize: bool) -> torch.Tensor:
+    return F.normalize(w.float(), dim=1, eps=_NORM_EPS) if normalize else w
+
+
+def _chunk_logits(
+    queries_mm: torch.Tensor, w_chunk: torch.Tensor, normalize: bool, *, out: torch.Tensor
+) -> torch.Tensor:
+    """Raw logits ``queries . w_hat`` of one chunk into ``out`` [B, c]; returns w_hat [c, D]."""
+    w_hat = _normalized(w_chunk, normalize)
+    w_mm = w_hat.to(queries_mm.dtype)
+    if out.dtype == queries_mm.dtype:
+        torch.mm(queries_mm, w_mm.t(), out=out)
+    else:
+        out.copy_(queries_mm @ w_mm.t())
+    return w_hat
+
+
+def _owned_in_chunk(targets: ShardTargets, start: int, stop: int):
+    rows = ((targets.rows >= start) & (targets.rows < stop)).nonzero().squeeze(1)  # [n]
+    return rows, targets.rows[rows] - start
+
+
+def _substitute_targets(
+    logits: torch.Tensor, targets: ShardTargets, start: int, stop: int, values: torch.Tensor
+) -> None:
+    """Write ``values[i]`` at the target column of every row whose target is in the chunk."""
+    rows, cols = _owned_in_chunk(targets, start, stop)
+    logits[rows, cols] = values[rows].to(logits.dtype)
+
+
+def _gather_targets(
+    logits: torch.Tensor, targets: ShardTargets, start: int, stop: int
+) -> torch.Tensor:
+    """[B] the value at each row's target column where it is in the chunk, 0 elsewhere."""
+    rows, cols = _owned_in_chunk(targets, start, stop)
+    out = torch.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device)
+    out[rows] = logits[rows, cols]
+    return out
+
+
+def _normalize_backward(grad_w_hat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Gradient through ``w_hat = w / max(|w|, eps)`` row by row; [c, D] -> [c, D]."""
+    w = w.float()
+    norm = w.norm(dim=1, keepdim=True)  # [c, 1]
+    w_hat = w / norm.clamp_min(_NORM_EPS)
+    radial = (w_hat * grad_w_hat).sum(1, keepdim=True) * (norm > _NORM_EPS)
+    return (grad_w_hat - w_hat * radial) / norm.clamp_min(_NORM_EPS)

@@ -1,0 +1,193 @@
+"""``ClassifierHead``: the class-sharded output layer with a margin and a sampler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from megaclass.distributed import all_gather_ints, gather_rows, rank_and_size, shard_range
+from megaclass.functional.margins import Margin, Softmax
+from megaclass.heads.sharded_cross_entropy import ShardSpec, sharded_cross_entropy
+from megaclass.samplers import Full, Sampler
+
+_INIT_STD = 0.01
+_INIT_BLOCK = 1 << 16  # rows drawn per seeded block, so a shard's init is independent of world size
+
+
+@dataclass(frozen=True)
+class HeadOutput:
+    """loss: scalar mean over the global batch (same on every rank);
+    num_active: classes scored this step, summed over all ranks."""
+
+    loss: torch.Tensor
+    num_active: int
+
+
+class ClassifierHead(nn.Module):
+    """Output layer over ``num_classes`` classes, sharded contiguously over ``process_group``.
+
+    ``head(embeddings, labels)`` takes this rank's batch (embeddings [B_local, D], labels [B_local]
+    global class ids; ranks may have different B_local) and returns a ``HeadOutput`` whose loss is
+    the mean cross entropy over the global batch.
+
+    What runs on ``process_group`` in ``forward``:
+    1. all_gather of 5 int64 per rank (shapes, finiteness) so that every rank validates every
+       rank's input and raises the same ``ValueError``: no rank is left waiting in a collective;
+    2. all_gather of the embeddings and of the labels (rows padded to the largest local batch);
+    3. all_reduce MAX of [B] and all_reduce SUM of [2, B] for the log-sum-exp.
+    In backward: one reduce_scatter (SUM) of the gathered embeddings' gradient.
+
+    Gradients: ``weight`` gets the exact gradient of the loss. The embeddings get
+    ``world_size * d loss / d embeddings``: a data-parallel backbone (DDP) averages its gradients
+    over ranks, and the average of these is exactly the gradient of the loss.
+
+    Args:
+        margin: ``Softmax()`` (default), ``NormSoftmax``, ``CosFace``, ``ArcFace``,
+            ``CombinedMargin``.
+        sampler: which classes are scored; ``Full()`` (default) scores all of them.
+        chunk_size: classes per chunk of logits; logits are recomputed in backward, so memory is
+            O(batch x chunk_size). ``None`` forms all logits at once and keeps them for backward.
+        matmul_dtype: dtype of the matrix products (``torch.bfloat16`` uses AMX/AVX-512-BF16 or
+            tensor cores); the log-sum-exp and all accumulation stay in fp32.
+        ignore_index: label of rows that contribute nothing (as in ``F.cross_entropy``).
+        check_finite: raise on non-finite embeddings (one pass over them; switch off for speed).
+        seed: the initial weights of a class depend only on ``seed`` and its global id, not on
+            the world size.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_dim: int,
+        margin: Margin | None = None,
+        sampler: Sampler | None = None,
+        process_group: dist.ProcessGroup | None = None,
+        *,
+        chunk_size: int | None = 4096,
+        matmul_dtype: torch.dtype = torch.float32,
+        ignore_index: int = -100,
+        check_finite: bool = True,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1 or embedding_dim < 1:
+            raise ValueError(
+                f"num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}"
+            )
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+        if matmul_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"matmul_dtype must be float32, bfloat16 or float16, not {matmul_dtype}")
+        sampler = Full() if sampler is None else sampler
+        if not isinstance(sampler, Full):
+            raise ValueError(f"sampler {sampler!r} is not supported; available: Full()")
+        self.num_classes = num_classes
+        self.embedding_dim = embedding_dim
+        self.margin = Softmax() if margin is None else margin
+        self.sampler = sampler
+        self.process_group = process_group
+        self.chunk_size = chunk_size
+        self.matmul_dtype = matmul_dtype
+        self.ignore_index = ignore_index
+        self.check_finite = check_finite
+        self.rank, self.world_size = rank_and_size(process_group)
+        self.class_range = shard_range(num_classes, self.world_size, self.rank)
+        start, stop = self.class_range
+        self.weight = nn.Parameter(  # [num_local, D]
+            _initial_rows(start, stop, embedding_dim, seed).to(device=device, dtype=dtype)
+        )
+
+    @property
+    def num_local(self) -> int:
+        return self.class_range[1] - self.class_range[0]
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, "
+            f"class_range={self.class_range}, margin={self.margin}, sampler={self.sampler}, "
+            f"chunk_size={self.chunk_size}, matmul_dtype={self.matmul_dtype}"
+        )
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
+        """embeddings [B_local, D], labels [B_local] global ids -> HeadOutput."""
+        sizes = self._validated_batch_sizes(embeddings, labels)
+        all_labels = gather_rows(labels, sizes, self.process_group)  # [B]
+        self._check_labels(all_labels, sizes)
+        queries = gather_rows(  # [B, D]
+            embeddings, sizes, self.process_group, grad_scale=float(self.world_size)
+        ).float()
+        if self.margin.normalize:
+            queries = F.normalize(queries, dim=1) * self.margin.scale
+        spec = ShardSpec(
+            class_start=self.class_range[0],
+            margin=self.margin,
+            group=self.process_group,
+            ignore_index=self.ignore_index,
+            chunk_size=self.chunk_size,
+            matmul_dtype=self.matmul_dtype,
+        )
+        loss = sharded_cross_entropy(queries, self.weight, all_labels, spec)
+        return HeadOutput(loss=loss, num_active=self.num_classes)
+
+    def _validated_batch_sizes(self, embeddings: torch.Tensor, labels: torch.Tensor) -> list[int]:
+        """Every rank's batch size, after checking every rank's shapes (same error on all ranks)."""
+        finite = not self.check_finite or bool(torch.isfinite(embeddings).all())
+        status = [
+            embeddings.shape[0] if embeddings.dim() == 2 else -1,
+            embeddings.shape[-1] if embeddings.dim() == 2 else -1,
+            labels.shape[0] if labels.dim() == 1 else -1,
+            int(not labels.dtype.is_floating_point and labels.dtype != torch.bool),
+            int(finite),
+        ]
+        every = all_gather_ints(status, self.process_group)
+        for rank, (rows, width, num_labels, integer_labels, finite) in enumerate(every):
+            where = f" on rank {rank}" if self.process_group is not None else ""
+            if rows < 0 or num_labels < 0:
+                raise ValueError(
+                    f"embeddings must be [batch, {self.embedding_dim}] and labels [batch]{where}; "
+                    f"got embeddings {tuple(embeddings.shape)}, labels {tuple(labels.shape)}"
+                )
+            if width != self.embedding_dim:
+                raise ValueError(
+                    f"embeddings have width {width}{where}, the head expects {self.embedding_dim}"
+                )
+            if rows != num_labels:
+                raise ValueError(f"{rows} embeddings but {num_labels} labels{where}")
+            if not integer_labels:
+                raise ValueError(f"labels must be an integer tensor (int64){where}")
+            if not finite:
+                raise ValueError(
+                    f"embeddings contain NaN or inf{where} (check_finite=False skips this check)"
+                )
+        return [rows for rows, *_ in every]
+
+    def _check_labels(self, all_labels: torch.Tensor, sizes: list[int]) -> None:
+        bad = ((all_labels < 0) | (all_labels >= self.num_classes)) & (
+            all_labels != self.ignore_index
+        )
+        if bool(bad.any()):
+            index = int(bad.nonzero()[0, 0])
+            rank = next(r for r in range(len(sizes)) if index < sum(sizes[: r + 1]))
+            where = f" on rank {rank}" if self.process_group is not None else ""
+            raise ValueError(
+                f"label {int(all_labels[index])} (sample {index - sum(sizes[:rank])}{where}) is "
+                f"outside the valid range [0, {self.num_classes}); use ignore_index="
+                f"{self.ignore_index} for samples that should not count"
+            )
+
+
+def _initial_rows(start: int, stop: int, dim: int, seed: int) -> torch.Tensor:
+    """Initial weights of global classes [start, stop), N(0, 0.01^2), drawn in seeded blocks."""
+    pieces = []
+    for block in range(start // _INIT_BLOCK, (stop - 1) // _INIT_BLOCK + 1 if stop > start else 0):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + block)
+        rows = torch.randn(_INIT_BLOCK, dim, generator=generator) * _INIT_STD
+        lo, hi = block * _INIT_BLOCK, (block + 1) * _INIT_BLOCK
+        pieces.append(rows[max(start, lo) - lo : min(stop, hi) - lo])
+    return torch.cat(pieces) if pieces else torch.empty(0, dim)
