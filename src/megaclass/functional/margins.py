@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -28,12 +29,8 @@ _COS_CLAMP = 1.0 - 1e-7
 class Softmax:
     """Plain softmax over ``x . w`` (an ``nn.Linear`` without bias followed by cross entropy)."""
 
-    scale: float = 1.0
-    normalize: bool = False
-
-    def __post_init__(self) -> None:
-        if self.scale != 1.0 or self.normalize:
-            raise ValueError("Softmax has no scale and no normalisation; use NormSoftmax(scale)")
+    scale: ClassVar[float] = 1.0
+    normalize: ClassVar[bool] = False
 
     def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
         return cos
@@ -44,7 +41,7 @@ class NormSoftmax:
     """Softmax over ``scale * cos``: normalised embeddings and weights, no margin."""
 
     scale: float = 64.0
-    normalize: bool = True
+    normalize: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_scale(self.scale)
@@ -59,7 +56,7 @@ class CosFace:
 
     scale: float = 64.0
     margin: float = 0.4
-    normalize: bool = True
+    normalize: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_scale(self.scale)
@@ -87,7 +84,7 @@ class ArcFace:
     scale: float = 64.0
     margin: float = 0.5
     straight_through: bool = False
-    normalize: bool = True
+    normalize: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_scale(self.scale)
@@ -111,7 +108,7 @@ class CombinedMargin:
     m2: float = 0.3
     m3: float = 0.2
     straight_through: bool = False
-    normalize: bool = True
+    normalize: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_scale(self.scale)

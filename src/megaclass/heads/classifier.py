@@ -83,7 +83,9 @@ class ClassifierHead(nn.Module):
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
         if matmul_dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"matmul_dtype must be float32, bfloat16 or float16, not {matmul_dtype}")
+            raise ValueError(
+                f"matmul_dtype must be float32, bfloat16 or float16, got {matmul_dtype}"
+            )
         sampler = Full() if sampler is None else sampler
         if not isinstance(sampler, Full):
             raise ValueError(f"sampler {sampler!r} is not supported; available: Full()")

@@ -1,0 +1,136 @@
+"""The sharded head at world sizes 1, 2 and 3 (gloo, uneven shards and uneven local batches)
+against the dense reference and against world size 1."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+import megaclass
+from megaclass import margins
+from tests.distributed.harness import run_ranks
+from tests.reference import ALL_MARGINS, reference_loss
+
+NUM_CLASSES, DIM, FEATURES = 1007, 16, 10
+LOCAL_BATCHES = {1: [29], 2: [15, 14], 3: [11, 9, 9]}  # 29 rows in every case
+
+
+def _global_problem():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(29, DIM, generator=g)
+    y = torch.randint(0, NUM_CLASSES, (29,), generator=g)
+    y[6] = -100
+    w = torch.randn(NUM_CLASSES, DIM, generator=g)
+    return x, y, w
+
+
+def _local_rows(rank, world_size):
+    sizes = LOCAL_BATCHES[world_size]
+    start = sum(sizes[:rank])
+    return slice(start, start + sizes[rank])
+
+
+def _head_case(group):
+    """Loss and gradients for every margin, chunked and unchunked."""
+    rank, world_size = group.rank(), group.size()
+    x, y, w = _global_problem()
+    rows = _local_rows(rank, world_size)
+    results = {}
+    for index, margin in enumerate(ALL_MARGINS):
+        for chunk_size in (None, 50):
+            head = megaclass.ClassifierHead(
+                NUM_CLASSES, DIM, margin=margin, process_group=group, chunk_size=chunk_size
+            )
+            start, stop = head.class_range
+            with torch.no_grad():
+                head.weight.copy_(w[start:stop])
+            local_x = x[rows].clone().requires_grad_()
+            loss = head(local_x, y[rows]).loss
+            loss.backward()
+            results[index, chunk_size] = (loss.detach(), local_x.grad, head.weight.grad)
+    return results
+
+
+def _ddp_case(group):
+    """A DDP backbone under the sharded head: backbone gradients after DDP's averaging."""
+    rank, world_size = group.rank(), group.size()
+    g = torch.Generator().manual_seed(2)
+    inputs = torch.randn(29, FEATURES, generator=g)
+    labels = torch.randint(0, NUM_CLASSES, (29,), generator=g)
+    torch.manual_seed(0)
+    backbone = DistributedDataParallel(nn.Linear(FEATURES, DIM), process_group=group)
+    head = megaclass.ClassifierHead(
+        NUM_CLASSES, DIM, margin=margins.ArcFace(scale=16.0), process_group=group
+    )
+    rows = _local_rows(rank, world_size)
+    loss = head(backbone(inputs[rows]), labels[rows]).loss
+    loss.backward()
+    return loss.detach(), [p.grad for p in backbone.parameters()], head.weight.grad
+
+
+def _bad_label_on_one_rank(group):
+    rank = group.rank()
+    head = megaclass.ClassifierHead(NUM_CLASSES, DIM, process_group=group)
+    labels = torch.tensor([1, 2, NUM_CLASSES + 3 if rank == 1 else 3])
+    try:
+        head(torch.randn(3, DIM), labels)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+@pytest.fixture(scope="module")
+def head_results():
+    return {ws: run_ranks(ws, _head_case) for ws in (1, 2, 3)}
+
+
+def _dense_reference(margin):
+    x, y, w = _global_problem()
+    x = x.double().requires_grad_()
+    w = w.double().requires_grad_()
+    loss = reference_loss(x, w, y, margin)
+    loss.backward()
+    return loss.detach(), x.grad, w.grad
+
+
+def _rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_sharded_loss_and_gradients_equal_dense_reference(head_results, world_size):
+    per_rank = head_results[world_size]
+    for (index, chunk_size), _ in per_rank[0].items():
+        want_loss, want_gx, want_gw = _dense_reference(ALL_MARGINS[index])
+        got = [rank_result[index, chunk_size] for rank_result in per_rank]
+        label = f"{ALL_MARGINS[index]} chunk={chunk_size}"
+        for loss, _, _ in got:
+            assert _rel(loss, want_loss) <= 1e-5, label
+        # Each rank gets world_size x d loss / d (its embeddings), for DDP's averaging.
+        grad_x = torch.cat([gx for _, gx, _ in got]) / world_size
+        assert _rel(grad_x, want_gx) <= 1e-5, label
+        assert _rel(torch.cat([gw for _, _, gw in got]), want_gw) <= 1e-5, label
+
+
+def test_world_size_3_equals_world_size_1(head_results):
+    one, three = head_results[1][0], head_results[3]
+    for key, (loss, gx, gw) in one.items():
+        assert _rel(three[0][key][0], loss) <= 1e-6
+        assert _rel(torch.cat([r[key][1] for r in three]) / 3, gx) <= 1e-5
+        assert _rel(torch.cat([r[key][2] for r in three]), gw) <= 1e-5
+
+
+def test_ddp_backbone_gradients_match_a_single_process():
+    (loss1, grads1, head1), = run_ranks(1, _ddp_case)
+    three = run_ranks(3, _ddp_case)
+    for loss3, grads3, _ in three:
+        assert _rel(loss3, loss1) <= 1e-6
+        for a, b in zip(grads3, grads1, strict=True):
+            assert _rel(a, b) <= 1e-5
+    assert _rel(torch.cat([r[2] for r in three]), head1) <= 1e-5
+
+
+def test_bad_label_on_one_rank_raises_on_every_rank():
+    messages = run_ranks(3, _bad_label_on_one_rank)
+    assert all(m is not None and f"label {NUM_CLASSES + 3}" in m for m in messages)
+    assert all("rank 1" in m for m in messages)
