@@ -121,7 +121,7 @@ def test_world_size_3_equals_world_size_1(head_results):
 
 
 def test_ddp_backbone_gradients_match_a_single_process():
-    (loss1, grads1, head1), = run_ranks(1, _ddp_case)
+    ((loss1, grads1, head1),) = run_ranks(1, _ddp_case)
     three = run_ranks(3, _ddp_case)
     for loss3, grads3, _ in three:
         assert _rel(loss3, loss1) <= 1e-6
