@@ -11,8 +11,9 @@ module computes, for the classes of one shard (the rows of ``weight``):
 
 Logits are formed ``chunk_size`` classes at a time and recomputed in the backward pass, so memory
 is O(batch x chunk) rather than O(batch x classes) (the idea behind Cut Cross-Entropy and Liger's
-fused linear cross entropy). ``chunk_size=None`` forms all logits at once and keeps their
-exponentials for the backward pass instead: faster, O(batch x classes) memory.
+fused linear cross entropy), at the price of a fourth matrix product. ``chunk_size=None``
+forms all logits at once and keeps their exponentials for the backward pass instead: faster,
+O(batch x classes) memory.
 
 Shapes: queries ``[B, D]``, weight ``[C, D]`` (``C`` classes of this shard). For cosine margins
 the queries are ``scale * x / |x|`` and every weight row is normalised chunk by chunk, so the raw
@@ -50,7 +51,7 @@ class ShardLogSumExp:
     """Per-row log-sum-exp statistics of one shard: ``lse_shard = row_max + log(sum_exp)``.
 
     row_max: [B] fp32 (``-inf`` for an empty shard); sum_exp: [B] fp32;
-    kept_exp: [B, C] ``exp(logit - row_max)`` when computed unchunked, else None.
+    kept_exp: [B, C] ``exp(logit - row_max)`` when computed unchunked, kept for backward; else None.
     """
 
     row_max: torch.Tensor
@@ -95,7 +96,7 @@ def shard_logsumexp(
     row_max = torch.full((num_rows,), float("-inf"), device=queries.device)
     sum_exp = torch.zeros(num_rows, device=queries.device)
     queries_mm = queries.to(matmul_dtype)
-    step = num_classes if chunk_size is None else chunk_size
+    step = _step(num_classes, chunk_size)
     buffer = torch.empty(num_rows, min(step, num_classes), device=queries.device)
     for start, stop in _chunks(num_classes, step):
         logits = buffer[:, : stop - start]  # [B, c]
@@ -131,7 +132,7 @@ def shard_softmax_backward(
     grad_queries = torch.zeros(queries.shape, dtype=torch.float32, device=queries.device)
     grad_weight = torch.empty_like(weight)
     queries_mm = queries.to(matmul_dtype)
-    step = num_classes if chunk_size is None else chunk_size
+    step = _step(num_classes, chunk_size)
     buffer = torch.empty(num_rows, min(step, num_classes), device=queries.device)
     for start, stop in _chunks(num_classes, step):
         grad_logits = buffer[:, : stop - start]  # [B, c], becomes d loss / d raw logit
@@ -150,16 +151,23 @@ def shard_softmax_backward(
         )
         grad_mm = grad_logits.to(matmul_dtype)
         grad_queries.add_(grad_mm @ w_hat.to(matmul_dtype))
-        grad_w_hat = (grad_mm.t() @ queries_mm).float()  # [c, D]
-        grad_weight[start:stop] = (
-            _normalize_backward(grad_w_hat, weight[start:stop]) if normalize else grad_w_hat
-        )
+        if normalize or grad_mm.dtype != grad_weight.dtype:
+            grad_w_hat = (grad_mm.t() @ queries_mm).float()  # [c, D]
+            grad_weight[start:stop] = (
+                _normalize_backward(grad_w_hat, weight[start:stop]) if normalize else grad_w_hat
+            )
+        else:
+            torch.mm(grad_mm.t(), queries_mm, out=grad_weight[start:stop])
     return grad_queries, grad_weight
 
 
-def _chunks(num_classes: int, chunk_size: int):
-    for start in range(0, num_classes, max(chunk_size, 1)):
-        yield start, min(start + chunk_size, num_classes)
+def _step(num_classes: int, chunk_size: int | None) -> int:
+    return max(num_classes if chunk_size is None else chunk_size, 1)
+
+
+def _chunks(num_classes: int, step: int):
+    for start in range(0, num_classes, step):
+        yield start, min(start + step, num_classes)
 
 
 def _normalized(w: torch.Tensor, normalize: bool) -> torch.Tensor:

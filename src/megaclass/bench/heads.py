@@ -1,0 +1,207 @@
+"""``megaclass bench heads``: training steps of several output layers, side by side.
+
+Each head runs in a child process of its own, so its peak memory is its own and not the
+high-water mark of a head measured before it. A step is zero_grad + forward + backward +
+optimizer step on random embeddings [batch, dim] (which receive a gradient, as a backbone's
+output would) and uniform random labels.
+
+Heads:
+- ``naive``: ``nn.Linear(dim, num_classes, bias=False)`` + ``F.cross_entropy`` +
+  ``torch.optim.SGD``: the plain PyTorch baseline; bf16 runs it under ``torch.autocast``.
+- ``full``: ``ClassifierHead`` with the exact chunked softmax, same optimizer.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megaclass.bench.machine import machine_info
+from megaclass.functional import margins
+
+HEADS = ("naive", "full")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MARGINS = {
+    "softmax": margins.Softmax,
+    "cosface": margins.CosFace,
+    "arcface": margins.ArcFace,
+}
+_REFERENCE_GEMM_MAX_COLUMNS = 65536
+
+
+@dataclass(frozen=True)
+class HeadBenchConfig:
+    num_classes: int = 100_000
+    dim: int = 128
+    batch: int = 1024
+    heads: tuple[str, ...] = HEADS
+    steps: int = 5
+    warmup: int = 1
+    dtype: str = "fp32"
+    margin: str = "softmax"
+    chunk_size: int = 4096
+    threads: int | None = None
+    device: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [h for h in self.heads if h not in HEADS]
+        if unknown:
+            raise ValueError(f"unknown heads {unknown}; available: {', '.join(HEADS)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.margin not in MARGINS:
+            raise ValueError(f"margin must be one of {', '.join(MARGINS)}, got {self.margin!r}")
+        for name in ("num_classes", "dim", "batch", "steps", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def run_heads(config: HeadBenchConfig, log: Callable[[str], None] = print) -> list[dict]:
+    """One record per head, each measured in its own child process."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1, maxtasksperchild=1) as pool:
+        log(f"timing a reference torch.mm ({config.dtype}) ...")
+        gemm_flops = pool.apply(_reference_gemm_rate, (config,))
+    records = []
+    for head in config.heads:
+        log(f"timing {head} at {config.num_classes:,} classes ({config.steps} steps) ...")
+        with context.Pool(1, maxtasksperchild=1) as pool:
+            record = pool.apply(_measure_head, (config, head))
+        step_flops = 6 * config.batch * config.num_classes * config.dim
+        record["gemm_efficiency"] = step_flops / (record["ms_per_step"] / 1e3) / gemm_flops
+        record["reference_gemm_gflops"] = gemm_flops / 1e9
+        records.append(record)
+    return records
+
+
+def format_table(records: list[dict]) -> str:
+    """A readable comparison, ratios against the first head (the baseline)."""
+    base = records[0]
+    lines = [
+        f"{'head':8} {'classes':>11} {'dtype':>5} {'ms/step':>9} {'x base':>7} "
+        f"{'peak MB':>9} {'x base':>7} {'gemm eff':>8}"
+    ]
+    for r in records:
+        lines.append(
+            f"{r['head']:8} {r['num_classes']:>11,} {r['dtype']:>5} {r['ms_per_step']:>9.1f} "
+            f"{r['ms_per_step'] / base['ms_per_step']:>7.2f} {r['peak_rss_mb']:>9.0f} "
+            f"{r['peak_rss_mb'] / base['peak_rss_mb']:>7.2f} {r['gemm_efficiency']:>8.2f}"
+        )
+    machine = records[0]["machine"]
+    lines.append(
+        f"machine: {machine['cpu']}, {machine['torch_threads']} threads, torch {machine['torch']}, "
+        f"device {machine['device']}{', ' + machine['gpu'] if 'gpu' in machine else ''}"
+    )
+    return "\n".join(lines)
+
+
+def write_json(records: list[dict], path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(records, f, indent=2)
+        f.write("\n")
+
+
+def _set_threads(config: HeadBenchConfig) -> None:
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+
+
+def _reference_gemm_rate(config: HeadBenchConfig) -> float:
+    """FLOP/s of a plain torch.mm [batch, dim] x [dim, n], n = min(classes, 65536)."""
+    _set_threads(config)
+    dtype, device = DTYPES[config.dtype], torch.device(config.device)
+    columns = min(config.num_classes, _REFERENCE_GEMM_MAX_COLUMNS)
+    a = torch.randn(config.batch, config.dim, dtype=dtype, device=device)
+    b = torch.randn(config.dim, columns, dtype=dtype, device=device)
+    out = torch.empty(config.batch, columns, dtype=dtype, device=device)
+    times = [_timed(lambda: torch.mm(a, b, out=out), device) for _ in range(12)]
+    return 2 * config.batch * config.dim * columns / statistics.median(times[2:])
+
+
+def _measure_head(config: HeadBenchConfig, head: str) -> dict:
+    _set_threads(config)
+    torch.manual_seed(config.seed)
+    device = torch.device(config.device)
+    embeddings = torch.randn(config.batch, config.dim, device=device, requires_grad=True)
+    labels = torch.randint(0, config.num_classes, (config.batch,), device=device)
+    step = _naive_step(config, device) if head == "naive" else _full_step(config, device)
+    times = []
+    for _ in range(config.warmup + config.steps):
+        times.append(_timed(lambda: step(embeddings, labels), device))
+    record = {
+        "head": head,
+        "num_classes": config.num_classes,
+        "dim": config.dim,
+        "batch": config.batch,
+        "dtype": config.dtype,
+        "margin": config.margin if head != "naive" else "softmax",
+        "num_active": config.num_classes,
+        "ms_per_step": statistics.median(times[config.warmup :]) * 1e3,
+        "step_ms_all": [t * 1e3 for t in times],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "config": {k: v for k, v in asdict(config).items() if k != "heads"},
+        "machine": machine_info(config.device),
+    }
+    if device.type == "cuda":
+        record["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return record
+
+
+def _naive_step(config: HeadBenchConfig, device: torch.device):
+    linear = nn.Linear(config.dim, config.num_classes, bias=False, device=device)
+    optimizer = torch.optim.SGD(linear.parameters(), lr=0.1, momentum=0.9)
+    autocast = config.dtype == "bf16"
+
+    def step(embeddings, labels):
+        optimizer.zero_grad(set_to_none=True)
+        embeddings.grad = None
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = linear(embeddings)
+        F.cross_entropy(logits.float(), labels).backward()
+        optimizer.step()
+
+    return step
+
+
+def _full_step(config: HeadBenchConfig, device: torch.device):
+    from megaclass.heads import ClassifierHead
+
+    margin = MARGINS[config.margin]()
+    head = ClassifierHead(
+        config.num_classes,
+        config.dim,
+        margin=margin,
+        chunk_size=config.chunk_size,
+        matmul_dtype=DTYPES[config.dtype],
+        seed=config.seed,
+        device=device,
+    )
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
+
+    def step(embeddings, labels):
+        optimizer.zero_grad(set_to_none=True)
+        embeddings.grad = None
+        head(embeddings, labels).loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start

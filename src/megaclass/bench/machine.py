@@ -1,0 +1,28 @@
+"""What a benchmark figure was measured on."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+
+def machine_info(device: str) -> dict:
+    """CPU model, logical CPUs, torch threads and version, GPU if any."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info

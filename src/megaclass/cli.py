@@ -1,0 +1,69 @@
+"""The ``megaclass`` command line: the only place that reads argv."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except ValueError as error:
+        print(f"megaclass: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="megaclass", description="Train classifiers with millions of classes."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    bench = commands.add_parser("bench", help="benchmarks").add_subparsers(
+        dest="bench", required=True
+    )
+    heads = bench.add_parser(
+        "heads",
+        help="time training steps of output layers side by side",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    heads.add_argument("--num-classes", type=int, default=100_000)
+    heads.add_argument("--dim", type=int, default=128)
+    heads.add_argument("--batch", type=int, default=1024)
+    heads.add_argument("--heads", default="naive,full", help="comma-separated: naive, full")
+    heads.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    heads.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    heads.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    heads.add_argument("--margin", default="softmax", choices=["softmax", "cosface", "arcface"])
+    heads.add_argument("--chunk-size", type=int, default=4096, help="classes per chunk (full)")
+    heads.add_argument("--threads", type=int, default=None, help="torch threads per head")
+    heads.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    heads.add_argument("--json", default=None, metavar="OUT", help="write the records here")
+    heads.set_defaults(run=_bench_heads)
+    return parser
+
+
+def _bench_heads(args: argparse.Namespace) -> int:
+    from megaclass.bench import heads as bench_heads
+
+    config = bench_heads.HeadBenchConfig(
+        num_classes=args.num_classes,
+        dim=args.dim,
+        batch=args.batch,
+        heads=tuple(h.strip() for h in args.heads.split(",") if h.strip()),
+        steps=args.steps,
+        warmup=args.warmup,
+        dtype=args.dtype,
+        margin=args.margin,
+        chunk_size=args.chunk_size,
+        threads=args.threads,
+        device=args.device,
+    )
+    records = bench_heads.run_heads(config, log=lambda line: print(line, flush=True))
+    print(bench_heads.format_table(records))
+    if args.json:
+        bench_heads.write_json(records, args.json)
+        print(f"wrote {args.json}")
+    return 0
