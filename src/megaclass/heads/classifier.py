@@ -186,10 +186,10 @@ class ClassifierHead(nn.Module):
 
 def _initial_rows(start: int, stop: int, dim: int, seed: int) -> torch.Tensor:
     """Initial weights of global classes [start, stop), N(0, 0.01^2), drawn in seeded blocks."""
-    pieces = []
-    for block in range(start // _INIT_BLOCK, (stop - 1) // _INIT_BLOCK + 1 if stop > start else 0):
+    pieces = [torch.empty(0, dim)]
+    for block in range(start // _INIT_BLOCK, -(-stop // _INIT_BLOCK)):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + block)
         rows = torch.randn(_INIT_BLOCK, dim, generator=generator) * _INIT_STD
         lo, hi = block * _INIT_BLOCK, (block + 1) * _INIT_BLOCK
         pieces.append(rows[max(start, lo) - lo : min(stop, hi) - lo])
-    return torch.cat(pieces) if pieces else torch.empty(0, dim)
+    return torch.cat(pieces)

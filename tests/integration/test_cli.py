@@ -1,0 +1,38 @@
+"""The command line end to end, as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+FIELDS = {"head", "num_classes", "dim", "batch", "dtype", "num_active", "ms_per_step",
+          "peak_rss_mb", "gemm_efficiency", "machine"}
+
+
+def _megaclass(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "megaclass", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_bench_heads_writes_one_record_per_head(tmp_path):
+    out = tmp_path / "bench.json"
+    result = _megaclass(
+        "bench", "heads", "--num-classes", "3001", "--dim", "16", "--batch", "64",
+        "--steps", "2", "--chunk-size", "512", "--threads", "1", "--json", str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    records = json.loads(out.read_text())
+    assert [r["head"] for r in records] == ["naive", "full"]
+    for r in records:
+        assert FIELDS <= r.keys()
+        assert r["num_classes"] == 3001 and r["num_active"] == 3001
+        assert r["ms_per_step"] > 0 and r["peak_rss_mb"] > 0 and r["gemm_efficiency"] > 0
+    assert "naive" in result.stdout and "full" in result.stdout and "gemm eff" in result.stdout
+
+
+def test_bad_arguments_are_reported_without_a_traceback():
+    result = _megaclass("bench", "heads", "--heads", "naive,bogus", "--steps", "1")
+    assert result.returncode == 2
+    assert "unknown heads ['bogus']" in result.stderr and "Traceback" not in result.stderr
+    result = _megaclass("bench", "heads", "--num-classes", "0")
+    assert result.returncode == 2 and "num_classes must be >= 1" in result.stderr
