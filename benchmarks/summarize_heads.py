@@ -5,7 +5,10 @@ import sys
 
 
 def main(paths: list[str]) -> None:
-    runs = [json.load(open(p)) for p in paths]
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f))
     machine = runs[0][0]["machine"]
     print("# `megaclass bench heads`: naive vs full\n")
     print(
