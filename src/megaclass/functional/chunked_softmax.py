@@ -15,6 +15,9 @@ fused linear cross entropy), at the price of a fourth matrix product. ``chunk_si
 forms all logits at once and keeps their exponentials for the backward pass instead: faster,
 O(batch x classes) memory.
 
+Internally logits are in base 2 (the queries are scaled by log2(e)) because ``exp2`` runs
+several times faster than ``exp`` on CPU; everything returned is in natural units.
+
 Shapes: queries ``[B, D]``, weight ``[C, D]`` (``C`` classes of this shard). For cosine margins
 the queries are ``scale * x / |x|`` and every weight row is normalised chunk by chunk, so the raw
 logit ``queries . w_hat`` is ``scale * cos``.
@@ -30,6 +33,8 @@ import torch.nn.functional as F
 from megaclass.functional.margins import Margin
 
 _NORM_EPS = 1e-12  # as F.normalize
+_LOG2E = 1.4426950408889634  # base-2 logit = natural logit * log2(e)
+_LN2 = 0.6931471805599453
 
 
 @dataclass(frozen=True)
@@ -95,20 +100,21 @@ def shard_logsumexp(
     num_rows, num_classes = queries.shape[0], weight.shape[0]
     row_max = torch.full((num_rows,), float("-inf"), device=queries.device)
     sum_exp = torch.zeros(num_rows, device=queries.device)
-    queries_mm = queries.to(matmul_dtype)
+    queries_mm = (queries * _LOG2E).to(matmul_dtype)  # base-2 logits
+    targets_base2 = targets.logits * _LOG2E
     step = _step(num_classes, chunk_size)
     buffer = torch.empty(num_rows, min(step, num_classes), device=queries.device)
     for start, stop in _chunks(num_classes, step):
-        logits = buffer[:, : stop - start]  # [B, c]
+        logits = buffer[:, : stop - start]  # [B, c], base 2
         _chunk_logits(queries_mm, weight[start:stop], normalize, out=logits)
-        _substitute_targets(logits, targets, start, stop, targets.logits)
+        _substitute_targets(logits, targets, start, stop, targets_base2)
         chunk_max = logits.amax(1)  # [B]
-        chunk_sum = logits.sub_(chunk_max[:, None]).exp_().sum(1)  # [B]
+        chunk_sum = logits.sub_(chunk_max[:, None]).exp2_().sum(1)  # [B]
         new_max = torch.maximum(row_max, chunk_max)
-        sum_exp = sum_exp * (row_max - new_max).exp() + chunk_sum * (chunk_max - new_max).exp()
+        sum_exp = sum_exp * (row_max - new_max).exp2() + chunk_sum * (chunk_max - new_max).exp2()
         row_max = new_max
     kept_exp = buffer if chunk_size is None and num_classes > 0 else None
-    return ShardLogSumExp(row_max=row_max, sum_exp=sum_exp, kept_exp=kept_exp)
+    return ShardLogSumExp(row_max=row_max * _LN2, sum_exp=sum_exp, kept_exp=kept_exp)
 
 
 def shard_softmax_backward(
@@ -131,15 +137,20 @@ def shard_softmax_backward(
     num_rows, num_classes = queries.shape[0], weight.shape[0]
     grad_queries = torch.zeros(queries.shape, dtype=torch.float32, device=queries.device)
     grad_weight = torch.empty_like(weight)
-    queries_mm = queries.to(matmul_dtype)
+    # Base-2 logits: queries and lse scaled by log2(e). The row weights are scaled by ln(2), so
+    # that grad^T @ queries_mm is the gradient of the weights as it stands; the gradient of the
+    # queries takes the factor log2(e) at the end.
+    queries_mm = (queries * _LOG2E).to(matmul_dtype)
+    lse_base2, targets_base2 = lse * _LOG2E, targets.logits * _LOG2E
+    row_grad = row_grad * _LN2
     step = _step(num_classes, chunk_size)
     buffer = torch.empty(num_rows, min(step, num_classes), device=queries.device)
     for start, stop in _chunks(num_classes, step):
-        grad_logits = buffer[:, : stop - start]  # [B, c], becomes d loss / d raw logit
+        grad_logits = buffer[:, : stop - start]  # [B, c], becomes d loss / d logit, times ln 2
         if shard_lse.kept_exp is None:
             w_hat = _chunk_logits(queries_mm, weight[start:stop], normalize, out=grad_logits)
-            _substitute_targets(grad_logits, targets, start, stop, targets.logits)
-            grad_logits.sub_(lse[:, None]).exp_().mul_(row_grad[:, None])
+            _substitute_targets(grad_logits, targets, start, stop, targets_base2)
+            grad_logits.sub_(lse_base2[:, None]).exp2_().mul_(row_grad[:, None])
         else:
             w_hat = _normalized(weight, normalize)
             row_scale = (shard_lse.row_max - lse).exp() * row_grad  # [B]
@@ -158,7 +169,7 @@ def shard_softmax_backward(
             )
         else:
             torch.mm(grad_mm.t(), queries_mm, out=grad_weight[start:stop])
-    return grad_queries, grad_weight
+    return grad_queries.mul_(_LOG2E), grad_weight
 
 
 def _step(num_classes: int, chunk_size: int | None) -> int:
