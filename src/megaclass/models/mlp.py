@@ -1,0 +1,43 @@
+"""Backbones: any ``torch.nn.Module`` mapping inputs [B, F] to embeddings [B, D]."""
+
+from __future__ import annotations
+
+import importlib
+
+from torch import nn
+
+
+class MLP(nn.Module):
+    """``num_layers`` hidden layers (Linear, LayerNorm, GELU), then a linear embedding layer."""
+
+    def __init__(
+        self, input_dim: int, embedding_dim: int, hidden_dim: int = 512, num_layers: int = 2
+    ):
+        super().__init__()
+        layers, width = [], input_dim
+        for _ in range(num_layers):
+            layers += [nn.Linear(width, hidden_dim), nn.LayerNorm(hidden_dim), nn.GELU()]
+            width = hidden_dim
+        layers.append(nn.Linear(width, embedding_dim))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.layers(x)  # [B, F] -> [B, D]
+
+
+def build_backbone(
+    spec: str, input_dim: int, embedding_dim: int, hidden_dim: int, num_layers: int
+) -> nn.Module:
+    """``"mlp"`` or ``"package.module:factory"``; a factory is called with
+    ``input_dim=..., embedding_dim=...`` and must return an ``nn.Module``."""
+    if spec == "mlp":
+        return MLP(input_dim, embedding_dim, hidden_dim, num_layers)
+    module_name, _, factory_name = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), factory_name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"cannot load backbone factory {spec!r}: {error}") from None
+    model = factory(input_dim=input_dim, embedding_dim=embedding_dim)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"backbone factory {spec!r} returned {type(model).__name__}, not a Module")
+    return model

@@ -1,0 +1,253 @@
+"""Run configuration: nested dataclasses, loaded from TOML with dotted ``key=value`` overrides.
+
+Every section validates itself in ``__post_init__``; mistakes raise ``ValueError`` saying what
+was wrong and what is allowed. ``to_toml`` writes the resolved configuration back out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+MARGINS = ("softmax", "normsoftmax", "cosface", "arcface", "combined")
+MATMUL_DTYPES = ("fp32", "bf16")
+
+
+@dataclass
+class DataConfig:
+    """Where samples come from: the built-in synthetic catalogue or feature files."""
+
+    source: str = "synthetic"  # "synthetic" or "features"
+    path: str = ""  # features: folder with train_x.npy, train_y.npy, eval_x.npy, eval_y.npy
+    num_classes: int = 100_000  # synthetic: classes; features: 0 = taken from the labels
+    input_dim: int = 64  # synthetic: width of the generated inputs
+    family_size: int = 8  # synthetic: classes per family of near-identical products
+    zipf: float = 1.0  # synthetic: Zipf exponent of class frequencies (0 = uniform)
+    noise: float = 0.35  # synthetic: input noise relative to the class signal
+    eval_samples: int = 10_000  # held-out samples evaluated
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("data.source", self.source, ("synthetic", "features"))
+        if self.source == "features" and not self.path:
+            raise ValueError("data.path is required with data.source = 'features'")
+        _at_least("data.num_classes", self.num_classes, 1 if self.source == "synthetic" else 0)
+        _at_least("data.input_dim", self.input_dim, 1)
+        _at_least("data.family_size", self.family_size, 1)
+        _at_least("data.zipf", self.zipf, 0.0)
+        _at_least("data.noise", self.noise, 0.0)
+        _at_least("data.eval_samples", self.eval_samples, 1)
+
+
+@dataclass
+class ModelConfig:
+    """The backbone: ``mlp`` or a user factory ``package.module:function``."""
+
+    backbone: str = "mlp"
+    embedding_dim: int = 128
+    hidden_dim: int = 512
+    num_layers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.backbone != "mlp" and ":" not in self.backbone:
+            raise ValueError(
+                f"model.backbone must be 'mlp' or 'package.module:factory', got {self.backbone!r}"
+            )
+        _at_least("model.embedding_dim", self.embedding_dim, 1)
+        _at_least("model.hidden_dim", self.hidden_dim, 1)
+        _at_least("model.num_layers", self.num_layers, 1)
+
+
+@dataclass
+class HeadConfig:
+    """The classifier head: margin, sampler and how its softmax is computed."""
+
+    margin: str = "cosface"
+    scale: float = 32.0
+    margin_value: float = 0.2  # cosface/arcface margin; combined uses m1, m2, m3
+    m1: float = 1.0
+    m2: float = 0.3
+    m3: float = 0.2
+    sampler: str = "full"
+    chunk_size: int = 8192
+    matmul_dtype: str = "bf16"
+
+    def __post_init__(self) -> None:
+        _choice("head.margin", self.margin, MARGINS)
+        _choice("head.sampler", self.sampler, ("full",))
+        _choice("head.matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)
+        _at_least("head.chunk_size", self.chunk_size, 1)
+
+
+@dataclass
+class OptimConfig:
+    """SGD with momentum for backbone and head, linear warm-up then cosine decay."""
+
+    lr: float = 0.2
+    head_lr: float = 0.0  # 0: same as lr
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_steps: int = 20
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        _at_least("optim.head_lr", self.head_lr, 0.0)
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"optim.momentum must be in [0, 1), got {self.momentum}")
+        _at_least("optim.weight_decay", self.weight_decay, 0.0)
+        _at_least("optim.warmup_steps", self.warmup_steps, 0)
+
+
+@dataclass
+class TrainConfig:
+    """Length of the run, batch, logging and evaluation."""
+
+    steps: int = 300
+    batch_size: int = 1024  # global: split over the ranks
+    log_every: int = 10
+    eval_every: int = 0  # 0: only at the end
+    threads: int = 0  # torch threads per rank; 0 = torch's default
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _at_least("train.steps", self.steps, 1)
+        _at_least("train.batch_size", self.batch_size, 1)
+        _at_least("train.log_every", self.log_every, 1)
+        _at_least("train.eval_every", self.eval_every, 0)
+        _at_least("train.threads", self.threads, 0)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 100  # steps between checkpoints (and one at the end)
+    keep: int = 2  # newest checkpoints kept
+
+    def __post_init__(self) -> None:
+        _at_least("checkpoint.every", self.every, 1)
+        _at_least("checkpoint.keep", self.keep, 1)
+
+
+@dataclass
+class RunConfig:
+    name: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name must be a non-empty folder name, got {self.name!r}")
+
+
+def load_config(path: str | None = None, overrides: list[str] = ()) -> RunConfig:
+    """The defaults, updated by the TOML file at ``path``, then by ``key=value`` overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                values = tomllib.load(f)
+        except OSError as error:
+            raise ValueError(f"cannot read config {path}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"config {path} is not valid TOML: {error}") from None
+    for override in overrides:
+        key, value = _parse_override(override)
+        section = values
+        *parents, leaf = key.split(".")
+        for part in parents:
+            section = section.setdefault(part, {})
+            if not isinstance(section, dict):
+                raise ValueError(f"--set {override}: {part} is not a section")
+        section[leaf] = value
+    return from_dict(RunConfig, values)
+
+
+def from_dict(cls, values: dict[str, Any], prefix: str = ""):
+    """Build dataclass ``cls`` from nested dicts, rejecting unknown keys and wrong types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"unknown config key {prefix}{unknown[0]}; allowed in "
+            f"{'[' + prefix.rstrip('.') + ']' if prefix else 'the top level'}: "
+            f"{', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        default = fields[name].default_factory() if _is_section(fields[name]) else None
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ValueError(f"{prefix}{name} must be a section [{prefix}{name}]")
+            kwargs[name] = from_dict(type(default), value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(f"{prefix}{name}", value, fields[name].type)
+    return cls(**kwargs)
+
+
+def to_toml(config: RunConfig) -> str:
+    """The configuration as TOML that ``load_config`` reads back to an equal config."""
+    top, sections = [], []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            lines = [
+                f"{g.name} = {_toml_value(getattr(value, g.name))}"
+                for g in dataclasses.fields(value)
+            ]
+            sections.append(f"[{f.name}]\n" + "\n".join(lines) + "\n")
+        else:
+            top.append(f"{f.name} = {_toml_value(value)}")
+    return "\n".join(top) + "\n\n" + "\n".join(sections)
+
+
+def _is_section(f: dataclasses.Field) -> bool:
+    return f.default_factory is not dataclasses.MISSING
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ValueError(f"--set expects key=value, got {text!r}")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare string: --set data.source=features
+    return key, value
+
+
+def _coerce(name: str, value: Any, annotation: str) -> Any:
+    expected = {"int": int, "float": float, "str": str, "bool": bool}[annotation]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ValueError(f"{name} must be {annotation}, got {value!r}")
+    return value
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _at_least(name: str, value: float, low: float) -> None:
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
