@@ -9,11 +9,19 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    from megaclass.train import Interrupted, NonFiniteLoss
+
     try:
         return args.run(args)
     except ValueError as error:
         print(f"megaclass: error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteLoss as error:
+        print(f"megaclass: {error}", file=sys.stderr)
+        return 3
+    except Interrupted as error:
+        print(f"megaclass: {error}", file=sys.stderr)
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,6 +29,30 @@ def _parser() -> argparse.ArgumentParser:
         prog="megaclass", description="Train classifiers with millions of classes."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser(
+        "train",
+        help="train (the built-in default on the synthetic catalogue without arguments)",
+        description="Train a model. Under torchrun the same command runs hybrid parallel.",
+    )
+    train.add_argument("--config", default=None, help="TOML file (see README for the keys)")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.steps=100 (repeatable)",
+    )
+    train.add_argument("--run-dir", default=None, help="run folder (default runs/<name>)")
+    train.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue this run")
+    train.set_defaults(run=_train)
+    evaluate = commands.add_parser("eval", help="held-out top-1/top-5 of a run's checkpoint")
+    evaluate.add_argument("run_dir")
+    evaluate.set_defaults(run=_eval)
+    export = commands.add_parser("export", help="write a run's weights as NumPy files")
+    export.add_argument("run_dir")
+    export.add_argument("out")
+    export.set_defaults(run=_export)
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(
         dest="bench", required=True
     )
@@ -66,4 +98,40 @@ def _bench_heads(args: argparse.Namespace) -> int:
     if args.json:
         bench_heads.write_json(records, args.json)
         print(f"wrote {args.json}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from megaclass.train import load_config, train
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise ValueError(
+                "--resume continues a run with its own config.toml; drop --config/--set"
+            )
+        run_dir = Path(args.resume)
+        config = load_config(str(run_dir / "config.toml"))
+    else:
+        config = load_config(args.config, args.overrides)
+        run_dir = Path(args.run_dir or Path("runs") / config.name)
+    train(config, run_dir, resume=bool(args.resume))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from megaclass.train import evaluate_run
+
+    metrics = evaluate_run(args.run_dir)
+    print(
+        " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from megaclass.train.export import export_run
+
+    print(f"wrote {export_run(args.run_dir, args.out)}")
     return 0

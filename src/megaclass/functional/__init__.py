@@ -7,6 +7,7 @@ from megaclass.functional.chunked_softmax import (
     shard_logsumexp,
     shard_softmax_backward,
     shard_targets,
+    shard_topk,
 )
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "shard_logsumexp",
     "shard_softmax_backward",
     "shard_targets",
+    "shard_topk",
 ]

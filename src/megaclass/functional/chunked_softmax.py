@@ -228,3 +228,34 @@ def _normalize_backward(grad_w_hat: torch.Tensor, w: torch.Tensor) -> torch.Tens
     w_hat = w / norm.clamp_min(_NORM_EPS)
     radial = (w_hat * grad_w_hat).sum(1, keepdim=True) * (norm > _NORM_EPS)
     return (grad_w_hat - w_hat * radial) / norm.clamp_min(_NORM_EPS)
+
+
+def shard_topk(
+    queries: torch.Tensor,
+    weight: torch.Tensor,
+    k: int,
+    *,
+    normalize: bool,
+    chunk_size: int | None,
+    matmul_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best-scoring classes of this shard per query, scored chunk by chunk.
+
+    queries [B, D] -> (scores [B, k'] fp32, rows of ``weight`` [B, k'] int64), k' = min(k, C).
+    The score is ``queries . w_hat`` (cosine times scale for normalised margins), no margin.
+    """
+    num_rows, num_classes = queries.shape[0], weight.shape[0]
+    best_scores = torch.empty(num_rows, 0, device=queries.device)
+    best_rows = torch.empty(num_rows, 0, dtype=torch.int64, device=queries.device)
+    queries_mm = queries.to(matmul_dtype)
+    step = _step(num_classes, chunk_size)
+    buffer = torch.empty(num_rows, min(step, num_classes), device=queries.device)
+    for start, stop in _chunks(num_classes, step):
+        scores = buffer[:, : stop - start]
+        _chunk_logits(queries_mm, weight[start:stop], normalize, out=scores)
+        chunk_scores, chunk_rows = scores.topk(min(k, stop - start), dim=1)
+        merged = torch.cat([best_scores, chunk_scores], dim=1)
+        merged_rows = torch.cat([best_rows, chunk_rows + start], dim=1)
+        best_scores, order = merged.topk(min(k, merged.shape[1]), dim=1)
+        best_rows = merged_rows.gather(1, order)
+    return best_scores, best_rows

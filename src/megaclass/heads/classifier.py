@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megaclass.distributed import all_gather_ints, gather_rows, rank_and_size, shard_range
+from megaclass.functional import shard_topk
 from megaclass.functional.margins import Margin, Softmax
 from megaclass.heads.sharded_cross_entropy import ShardSpec, sharded_cross_entropy
 from megaclass.samplers import Full, Sampler
@@ -137,6 +138,41 @@ class ClassifierHead(nn.Module):
         loss = sharded_cross_entropy(queries, self.weight, all_labels, spec)
         return HeadOutput(loss=loss, num_active=self.num_classes)
 
+    @torch.no_grad()
+    def predict_topk(
+        self, embeddings: torch.Tensor, k: int = 5
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` highest-scoring classes over all shards, exactly (chunk by chunk).
+
+        embeddings [B_local, D] -> (scores [B_local, k], global class ids [B_local, k]). Scores are
+        logits without margin (cosine x scale for normalised margins), whatever the sampler.
+        Collectives on ``process_group``: the input check and all_gathers of the embeddings,
+        then one all_gather of each rank's [B, k] scores and of their class ids.
+        """
+        labels = torch.zeros(len(embeddings), dtype=torch.int64, device=embeddings.device)
+        sizes = self._validated_batch_sizes(embeddings, labels)
+        queries = gather_rows(embeddings, sizes, self.process_group).float()  # [B, D]
+        if self.margin.normalize:
+            queries = F.normalize(queries, dim=1) * self.margin.scale
+        scores, rows = shard_topk(
+            queries,
+            self.weight.detach(),
+            k,
+            normalize=self.margin.normalize,
+            chunk_size=self.chunk_size,
+            matmul_dtype=self.matmul_dtype,
+        )
+        scores = _pad_columns(scores, k, float("-inf"))  # a shard may hold fewer than k classes
+        ids = _pad_columns(rows + self.class_range[0], k, -1)
+        every = [len(queries)] * self.world_size
+        all_scores = gather_rows(scores, every, self.process_group).view(self.world_size, -1, k)
+        all_ids = gather_rows(ids, every, self.process_group).view(self.world_size, -1, k)
+        best, order = all_scores.permute(1, 0, 2).reshape(len(queries), -1).topk(k, dim=1)
+        best_ids = all_ids.permute(1, 0, 2).reshape(len(queries), -1).gather(1, order)
+        start = sum(sizes[: self.rank])
+        local = slice(start, start + sizes[self.rank])
+        return best[local], best_ids[local]
+
     def _validated_batch_sizes(self, embeddings: torch.Tensor, labels: torch.Tensor) -> list[int]:
         """Every rank's batch size, after checking every rank's shapes (same error on all ranks)."""
         finite = not self.check_finite or bool(torch.isfinite(embeddings).all())
@@ -182,6 +218,12 @@ class ClassifierHead(nn.Module):
                 f"outside the valid range [0, {self.num_classes}); use ignore_index="
                 f"{self.ignore_index} for samples that should not count"
             )
+
+
+def _pad_columns(values: torch.Tensor, k: int, fill: float) -> torch.Tensor:
+    """[B, j] -> [B, k] with ``fill`` in the missing columns (j <= k)."""
+    pad = values.new_full((values.shape[0], k - values.shape[1]), fill)
+    return torch.cat([values, pad], dim=1)
 
 
 def _initial_rows(start: int, stop: int, dim: int, seed: int) -> torch.Tensor:

@@ -1,0 +1,177 @@
+"""Checkpoints that load at any world size, written atomically.
+
+Layout of ``RUN_DIR/checkpoints/step-00000100/``:
+- ``meta.json``: step, world size, number of classes, the class range of every shard;
+- ``common.pt``: backbone and backbone-optimizer state (identical on every rank; rank 0 writes it);
+- ``head-00001-of-00003.pt``: one per rank: its class range, weight rows and momentum rows.
+
+All ranks write into ``step-00000100.tmp``; once every rank is done, rank 0 writes ``meta.json``
+and renames the folder. A crash at any point leaves the previous complete checkpoint untouched;
+folders without ``meta.json`` or still named ``.tmp`` are never loaded. Loading at another world
+size copies each rank's class rows out of whichever saved shards hold them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megaclass.heads import ClassifierHead
+
+_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or corrupt."""
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """What a checkpoint holds besides the head: the step to continue from and replicated state."""
+
+    step: int
+    backbone: dict
+    backbone_optimizer: dict
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    done = [p for p in folder.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")]
+    return sorted((p for p in done if (p / "meta.json").is_file()), key=lambda p: p.name)
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    state: TrainingState,
+    head: ClassifierHead,
+    head_momentum: torch.Tensor | None,
+    keep: int,
+) -> Path:
+    """Write a checkpoint of ``state`` and this rank's head shard; collective over the head's group.
+
+    Collectives on ``head.process_group``: three barriers.
+    """
+    group, rank, world_size = head.process_group, head.rank, head.world_size
+    final = Path(run_dir) / "checkpoints" / f"step-{state.step:08d}"
+    staging = final.with_name(final.name + ".tmp")
+    if rank == 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    _barrier(group)
+    shard = {
+        "class_range": head.class_range,
+        "weight": head.weight.detach().cpu(),
+        "momentum": None if head_momentum is None else head_momentum.cpu(),
+    }
+    _save(shard, staging / _shard_name(rank, world_size))
+    if rank == 0:
+        common = {"backbone": state.backbone, "backbone_optimizer": state.backbone_optimizer}
+        _save(common, staging / "common.pt")
+    _barrier(group)
+    if rank == 0:
+        meta = {
+            "format": _FORMAT,
+            "step": state.step,
+            "world_size": world_size,
+            "num_classes": head.num_classes,
+            "embedding_dim": head.embedding_dim,
+        }
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        for old in checkpoint_dirs(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier(group)
+    return final
+
+
+def load_checkpoint(
+    folder: str | Path, head: ClassifierHead
+) -> tuple[TrainingState, torch.Tensor | None]:
+    """Load a checkpoint folder into ``head`` (any world size); returns the rest of the state and
+    this rank's momentum rows (None if the run had no momentum)."""
+    folder = Path(folder)
+    meta = _read_meta(folder)
+    if meta["num_classes"] != head.num_classes or meta["embedding_dim"] != head.embedding_dim:
+        raise CheckpointError(
+            f"{folder} holds {meta['num_classes']} classes x {meta['embedding_dim']} dims, the "
+            f"model has {head.num_classes} x {head.embedding_dim}"
+        )
+    start, stop = head.class_range
+    weight = torch.empty(stop - start, head.embedding_dim)
+    momentum: torch.Tensor | None = None
+    for saved_rank in range(meta["world_size"]):
+        shard = _load(folder / _shard_name(saved_rank, meta["world_size"]), mmap=True)
+        lo, hi = shard["class_range"]
+        a, b = max(lo, start), min(hi, stop)
+        if a >= b:
+            continue
+        weight[a - start : b - start] = shard["weight"][a - lo : b - lo]
+        if shard["momentum"] is not None:
+            if momentum is None:
+                momentum = torch.zeros_like(weight)
+            momentum[a - start : b - start] = shard["momentum"][a - lo : b - lo]
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    common = _load(folder / "common.pt", mmap=False)
+    state = TrainingState(
+        step=meta["step"],
+        backbone=common["backbone"],
+        backbone_optimizer=common["backbone_optimizer"],
+    )
+    if momentum is not None:
+        momentum = momentum.to(head.weight.device)
+    return state, momentum
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    found = checkpoint_dirs(run_dir)
+    if not found:
+        raise CheckpointError(f"no complete checkpoint in {Path(run_dir) / 'checkpoints'}")
+    return found[-1]
+
+
+def _shard_name(rank: int, world_size: int) -> str:
+    return f"head-{rank:05d}-of-{world_size:05d}.pt"
+
+
+def _read_meta(folder: Path) -> dict:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder} is not a complete checkpoint (no meta.json)") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{folder / 'meta.json'} is unreadable: {error}") from None
+    if meta.get("format") != _FORMAT:
+        raise CheckpointError(f"{folder} has format {meta.get('format')}, expected {_FORMAT}")
+    return meta
+
+
+def _save(obj, path: Path) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _load(path: Path, mmap: bool):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file {path} is missing") from None
+    except Exception as error:  # torch raises many types for a damaged file
+        raise CheckpointError(f"checkpoint file {path} is corrupt: {error}") from None
+
+
+def _barrier(group) -> None:
+    if group is not None:
+        dist.barrier(group=group)

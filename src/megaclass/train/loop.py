@@ -1,0 +1,333 @@
+"""The training loop: hybrid parallel (DDP backbone, class-sharded head), metrics, checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import math
+import os
+import resource
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from megaclass.data import FeatureFiles, SyntheticCatalog
+from megaclass.distributed import shard_range
+from megaclass.functional import margins
+from megaclass.heads import ClassifierHead
+from megaclass.models import build_backbone
+from megaclass.train.checkpoint import (
+    TrainingState,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from megaclass.train.config import RunConfig, load_config, to_toml
+from megaclass.train.progress import Progress
+
+_MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the run stopped without saving over good checkpoints."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT or SIGTERM: a checkpoint was written and the run stopped cleanly."""
+
+
+@dataclass
+class Model:
+    """Everything a run trains, built from a config on this rank."""
+
+    config: RunConfig
+    dataset: SyntheticCatalog | FeatureFiles
+    backbone: torch.nn.Module  # DDP-wrapped in a group of more than one rank
+    head: ClassifierHead
+    group: dist.ProcessGroup | None
+
+    @property
+    def local_rows(self) -> slice:
+        """This rank's rows of each global batch."""
+        start, stop = shard_range(
+            self.config.train.batch_size, self.head.world_size, self.head.rank
+        )
+        return slice(start, stop)
+
+
+def init_distributed() -> dist.ProcessGroup | None:
+    """The default group under torchrun (gloo on CPU, NCCL on GPU), None in a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        timeout = datetime.timedelta(seconds=float(os.environ.get("MEGACLASS_TIMEOUT_S", "120")))
+        dist.init_process_group(backend, timeout=timeout)
+    return dist.group.WORLD
+
+
+def build_model(config: RunConfig, group: dist.ProcessGroup | None) -> Model:
+    data = config.data
+    if data.source == "synthetic":
+        dataset = SyntheticCatalog(
+            data.num_classes,
+            data.input_dim,
+            data.family_size,
+            data.zipf,
+            data.noise,
+            data.eval_samples,
+            data.seed,
+        )
+    else:
+        dataset = FeatureFiles(data.path, data.num_classes, data.seed)
+    device = _device()
+    torch.manual_seed(config.train.seed)  # the same backbone initialisation on every rank
+    backbone = build_backbone(
+        config.model.backbone,
+        dataset.input_dim,
+        config.model.embedding_dim,
+        config.model.hidden_dim,
+        config.model.num_layers,
+    ).to(device)
+    if group is not None:
+        backbone = DistributedDataParallel(backbone, process_group=group)
+    head = ClassifierHead(
+        dataset.num_classes,
+        config.model.embedding_dim,
+        margin=_margin(config),
+        process_group=group,
+        chunk_size=config.head.chunk_size,
+        matmul_dtype=_MATMUL_DTYPES[config.head.matmul_dtype],
+        seed=config.train.seed,
+        device=device,
+    )
+    return Model(config, dataset, backbone, head, group)
+
+
+def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
+    """Train (or continue) a run in ``run_dir``; returns the summary written to summary.json."""
+    run_dir = Path(run_dir)
+    group = init_distributed()
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    model = build_model(config, group)
+    rank0 = model.head.rank == 0
+    opt = config.optim
+    backbone_optimizer = torch.optim.SGD(
+        model.backbone.parameters(),
+        lr=opt.lr,
+        momentum=opt.momentum,
+        weight_decay=opt.weight_decay,
+    )
+    head_optimizer = torch.optim.SGD(
+        [model.head.weight],
+        lr=opt.head_lr or opt.lr,
+        momentum=opt.momentum,
+        weight_decay=opt.weight_decay,
+    )
+    start = 0
+    if resume:
+        state, momentum = load_checkpoint(latest_checkpoint(run_dir), model.head)
+        _unwrap(model.backbone).load_state_dict(state.backbone)
+        backbone_optimizer.load_state_dict(state.backbone_optimizer)
+        if momentum is not None:
+            head_optimizer.state[model.head.weight]["momentum_buffer"] = momentum
+        start = state.step
+    elif rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(to_toml(config))
+        (run_dir / "metrics.jsonl").write_text("")
+
+    def checkpoint(step: int) -> Path:
+        state = TrainingState(
+            step, _unwrap(model.backbone).state_dict(), backbone_optimizer.state_dict()
+        )
+        momentum = head_optimizer.state.get(model.head.weight, {}).get("momentum_buffer")
+        return save_checkpoint(run_dir, state, model.head, momentum, config.checkpoint.keep)
+
+    steps, batch = config.train.steps, config.train.batch_size
+    progress = Progress(steps, start, config.train.log_every, enabled=rank0)
+    progress.line(
+        f"megaclass train: {model.dataset.num_classes:,} classes, {steps} steps of {batch}, "
+        f"{model.head.world_size} rank(s), run folder {run_dir}"
+        + (f", resuming at step {start}" if resume else "")
+    )
+    began, window_began = time.perf_counter(), time.perf_counter()
+    window_loss, window_steps, samples = 0.0, 0, 0
+    last_metrics: dict = {}
+    with _stop_on_signals() as stop_requested:
+        for step in range(start, steps):
+            lr_scale = _lr_scale(step, steps, opt.warmup_steps)
+            for optimizer, base in (
+                (backbone_optimizer, opt.lr),
+                (head_optimizer, opt.head_lr or opt.lr),
+            ):
+                for group_ in optimizer.param_groups:
+                    group_["lr"] = base * lr_scale
+            inputs, labels = model.dataset.train_batch(step, batch, model.local_rows)
+            device = model.head.weight.device
+            out = model.head(model.backbone(inputs.to(device)), labels.to(device))
+            loss = out.loss.item()
+            if not math.isfinite(loss):
+                kept = [p.name for p in (run_dir / "checkpoints").glob("step-*[0-9]")]
+                raise NonFiniteLoss(
+                    f"loss is {loss} at step {step}; stopped without saving. Last good "
+                    f"checkpoint: {max(kept) if kept else 'none'}"
+                )
+            backbone_optimizer.zero_grad(set_to_none=True)
+            head_optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            backbone_optimizer.step()
+            head_optimizer.step()
+            done = step + 1
+            window_loss, window_steps, samples = (
+                window_loss + loss,
+                window_steps + 1,
+                samples + batch,
+            )
+            if done % config.train.log_every == 0 or done == steps:
+                elapsed = time.perf_counter() - window_began
+                last_metrics = {
+                    "step": done,
+                    "loss": window_loss / window_steps,
+                    "lr": opt.lr * lr_scale,
+                    "samples_per_s": window_steps * batch / elapsed,
+                    "active_classes": out.num_active,
+                }
+                if config.train.eval_every and done % config.train.eval_every == 0 and done < steps:
+                    last_metrics.update(evaluate(model))
+                if rank0:
+                    _append_jsonl(run_dir / "metrics.jsonl", last_metrics)
+                window_loss, window_steps, window_began = 0.0, 0, time.perf_counter()
+            progress.update(done, loss=loss)
+            if done % config.checkpoint.every == 0 and done < steps:
+                checkpoint(done)
+            if _any_rank(stop_requested(), model.group):
+                path = checkpoint(done)
+                raise Interrupted(f"interrupted after step {done}; checkpoint {path}")
+    total = time.perf_counter() - began
+    path = checkpoint(steps)
+    metrics = evaluate(model)
+    summary = {
+        **metrics,
+        "steps": steps,
+        "total_time_s": total,
+        "mean_samples_per_s": samples / total if total > 0 else 0.0,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "world_size": model.head.world_size,
+        "num_classes": model.dataset.num_classes,
+        "checkpoint": str(path),
+    }
+    if rank0:
+        if last_metrics.get("step") == steps:
+            _append_jsonl(run_dir / "metrics.jsonl", {"step": steps, **metrics})
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    progress.line(
+        f"held-out top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} "
+        f"({metrics['eval_samples']:,} samples); {summary['mean_samples_per_s']:.0f} samples/s"
+    )
+    return summary
+
+
+@torch.no_grad()
+def evaluate(model: Model, batch_size: int = 1024) -> dict:
+    """Held-out top-1/top-5 with the exact chunked full softmax over every class."""
+    backbone = model.backbone
+    backbone.eval()
+    correct1 = correct5 = total = 0
+    world, rank = model.head.world_size, model.head.rank
+    device = model.head.weight.device
+    for inputs, labels in model.dataset.eval_batches(batch_size):
+        rows = slice(*shard_range(len(labels), world, rank))
+        _, top = model.head.predict_topk(backbone(inputs[rows].to(device)), k=5)
+        hits = top == labels[rows].to(device)[:, None]
+        correct1 += int(hits[:, 0].sum())
+        correct5 += int(hits.any(1).sum())
+        total += len(labels[rows])
+    backbone.train()
+    counts = torch.tensor([correct1, correct5, total], dtype=torch.float64)
+    if model.group is not None:
+        dist.all_reduce(counts, group=model.group)
+    return {
+        "top1": float(counts[0] / counts[2]),
+        "top5": float(counts[1] / counts[2]),
+        "eval_samples": int(counts[2]),
+    }
+
+
+def evaluate_run(run_dir: str | Path) -> dict:
+    """Load a run's config and newest checkpoint, evaluate, write eval.json (rank 0)."""
+    run_dir = Path(run_dir)
+    config = load_config(str(run_dir / "config.toml"))
+    model = build_model(config, init_distributed())
+    state, _ = load_checkpoint(latest_checkpoint(run_dir), model.head)
+    _unwrap(model.backbone).load_state_dict(state.backbone)
+    metrics = {"step": state.step, **evaluate(model)}
+    if model.head.rank == 0:
+        (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _margin(config: RunConfig):
+    head = config.head
+    return {
+        "softmax": lambda: margins.Softmax(),
+        "normsoftmax": lambda: margins.NormSoftmax(head.scale),
+        "cosface": lambda: margins.CosFace(head.scale, head.margin_value),
+        "arcface": lambda: margins.ArcFace(head.scale, head.margin_value),
+        "combined": lambda: margins.CombinedMargin(head.scale, head.m1, head.m2, head.m3),
+    }[head.margin]()
+
+
+def _lr_scale(step: int, steps: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(steps - warmup, 1)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _unwrap(backbone: torch.nn.Module) -> torch.nn.Module:
+    return backbone.module if isinstance(backbone, DistributedDataParallel) else backbone
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _any_rank(flag: bool, group) -> bool:
+    """True on every rank if ``flag`` is true on any (one all_reduce MAX of a scalar)."""
+    if group is None:
+        return flag
+    value = torch.tensor([float(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
+    return bool(value.item())
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """Within the block, SIGINT/SIGTERM only set a flag, checked after each step."""
+    received: list[int] = []
+    handlers = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handlers[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        yield lambda: bool(received)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
