@@ -38,5 +38,6 @@ def _worker(rank, world_size, port, out, fn, args):
     try:
         result = fn(dist.group.WORLD, *args)
         torch.save(result, os.path.join(out, f"{rank}.pt"))
+        dist.barrier()  # no rank tears down while another still communicates
     finally:
         dist.destroy_process_group()

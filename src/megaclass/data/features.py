@@ -68,8 +68,10 @@ class FeatureFiles:
         for start in range(0, len(self._eval_y), batch_size):
             stop = start + batch_size
             yield (
-                torch.from_numpy(np.ascontiguousarray(self._eval_x[start:stop])),
-                torch.from_numpy(np.ascontiguousarray(self._eval_y[start:stop])),
+                torch.from_numpy(
+                    np.array(self._eval_x[start:stop])
+                ),  # a copy: memmaps are read-only
+                torch.from_numpy(np.array(self._eval_y[start:stop])),
             )
 
     def _permutation(self, epoch: int) -> torch.Tensor:

@@ -62,16 +62,18 @@ class Model:
 
 
 def init_distributed() -> dist.ProcessGroup | None:
-    """The default group under torchrun (gloo on CPU, NCCL on GPU), None in a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    if not dist.is_initialized():
+    """The default group: the one already set up, or under torchrun a new one (gloo on CPU, NCCL
+    on GPU); None in a single process."""
+    if dist.is_initialized():
+        return dist.group.WORLD
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         timeout = datetime.timedelta(seconds=float(os.environ.get("MEGACLASS_TIMEOUT_S", "120")))
         dist.init_process_group(backend, timeout=timeout)
-    return dist.group.WORLD
+        return dist.group.WORLD
+    return None
 
 
 def build_model(config: RunConfig, group: dist.ProcessGroup | None) -> Model:
@@ -107,6 +109,7 @@ def build_model(config: RunConfig, group: dist.ProcessGroup | None) -> Model:
         chunk_size=config.head.chunk_size,
         matmul_dtype=_MATMUL_DTYPES[config.head.matmul_dtype],
         seed=config.train.seed,
+        check_finite=False,  # the loop checks the loss instead, naming the step
         device=device,
     )
     return Model(config, dataset, backbone, head, group)

@@ -1,0 +1,42 @@
+"""Tiny runs for the integration tests: seconds each on 2 cores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TINY = [
+    "data.num_classes=500",
+    "data.input_dim=16",
+    "data.eval_samples=256",
+    "model.embedding_dim=32",
+    "model.hidden_dim=64",
+    "train.batch_size=64",
+    "train.log_every=1",
+    "train.threads=1",
+    "head.chunk_size=128",
+    "head.matmul_dtype='fp32'",
+    "optim.warmup_steps=2",
+]
+
+
+def megaclass(*args, timeout=240, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "megaclass", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def set_args(overrides):
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
