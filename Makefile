@@ -20,7 +20,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/megaclass bench heads
+	$(BIN)/megaclass train
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

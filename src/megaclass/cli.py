@@ -115,9 +115,23 @@ def _train(args: argparse.Namespace) -> int:
         config = load_config(str(run_dir / "config.toml"))
     else:
         config = load_config(args.config, args.overrides)
-        run_dir = Path(args.run_dir or Path("runs") / config.name)
+        run_dir = Path(args.run_dir) if args.run_dir else _free_run_dir(Path("runs") / config.name)
+        if (run_dir / "checkpoints").is_dir():
+            raise ValueError(
+                f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose "
+                "another --run-dir"
+            )
     train(config, run_dir, resume=bool(args.resume))
     return 0
+
+
+def _free_run_dir(base):
+    """``runs/<name>``, or ``runs/<name>-2``, ``-3``, ... if it is taken."""
+    candidate, number = base, 1
+    while candidate.exists():
+        number += 1
+        candidate = base.with_name(f"{base.name}-{number}")
+    return candidate
 
 
 def _eval(args: argparse.Namespace) -> int:

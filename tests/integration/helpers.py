@@ -20,6 +20,7 @@ TINY = [
     "head.chunk_size=128",
     "head.matmul_dtype='fp32'",
     "optim.warmup_steps=2",
+    "optim.lr=0.05",
 ]
 
 

@@ -28,6 +28,8 @@ def test_tiny_default_run_end_to_end(tmp_path):
     assert load_config(str(run / "config.toml")).train.steps == 15
     evaluated = megaclass("eval", str(run))
     assert evaluated.returncode == 0 and f"top1 {summary['top1']:.4f}" in evaluated.stdout
+    again = megaclass("train", "--run-dir", str(run))
+    assert again.returncode == 2 and f"--resume {run}" in again.stderr
     exported = megaclass("export", str(run), str(tmp_path / "export"))
     assert exported.returncode == 0, exported.stderr
     weights = np.load(tmp_path / "export" / "class_weights.npy")

@@ -15,6 +15,7 @@ from megaclass.functional.margins import Margin, Softmax
 from megaclass.heads.sharded_cross_entropy import ShardSpec, sharded_cross_entropy
 from megaclass.samplers import Full, Sampler
 
+_INIT_STD = 0.01
 _INIT_BLOCK = 1 << 16  # rows drawn per seeded block, so a shard's init is independent of world size
 
 
@@ -226,12 +227,12 @@ def _pad_columns(values: torch.Tensor, k: int, fill: float) -> torch.Tensor:
 
 
 def _initial_rows(start: int, stop: int, dim: int, seed: int) -> torch.Tensor:
-    """Initial weights of global classes [start, stop), N(0, 1/dim): rows of about unit norm,
-    as ``nn.Linear``'s scale; drawn in seeded blocks."""
+    """Initial weights of global classes [start, stop), N(0, 0.01^2) as in Partial FC; drawn in
+    seeded blocks."""
     pieces = [torch.empty(0, dim)]
     for block in range(start // _INIT_BLOCK, -(-stop // _INIT_BLOCK)):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + block)
-        rows = torch.randn(_INIT_BLOCK, dim, generator=generator) * dim**-0.5
+        rows = torch.randn(_INIT_BLOCK, dim, generator=generator) * _INIT_STD
         lo, hi = block * _INIT_BLOCK, (block + 1) * _INIT_BLOCK
         pieces.append(rows[max(start, lo) - lo : min(stop, hi) - lo])
     return torch.cat(pieces)
