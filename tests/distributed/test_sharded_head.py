@@ -134,3 +134,24 @@ def test_bad_label_on_one_rank_raises_on_every_rank():
     messages = run_ranks(3, _bad_label_on_one_rank)
     assert all(m is not None and f"label {NUM_CLASSES + 3}" in m for m in messages)
     assert all("rank 1" in m for m in messages)
+
+
+def _topk_case(group):
+    rank, world_size = group.rank(), group.size()
+    x, _, w = _global_problem()
+    head = megaclass.ClassifierHead(
+        NUM_CLASSES, DIM, margin=margins.CosFace(), process_group=group, chunk_size=50
+    )
+    start, stop = head.class_range
+    with torch.no_grad():
+        head.weight.copy_(w[start:stop])
+    return head.predict_topk(x[_local_rows(rank, world_size)], k=5)
+
+
+def test_exact_top5_over_shards_equals_dense_top5():
+    x, _, w = _global_problem()
+    cos = torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(w, dim=1).t()
+    want = cos.topk(5, dim=1).indices
+    for world_size in (1, 3):
+        per_rank = run_ranks(world_size, _topk_case)
+        assert torch.equal(torch.cat([ids for _, ids in per_rank]), want)

@@ -110,7 +110,7 @@ def load_checkpoint(
     weight = torch.empty(stop - start, head.embedding_dim)
     momentum: torch.Tensor | None = None
     for saved_rank in range(meta["world_size"]):
-        shard = _load(folder / _shard_name(saved_rank, meta["world_size"]), mmap=True)
+        shard = read_file(folder / _shard_name(saved_rank, meta["world_size"]), mmap=True)
         lo, hi = shard["class_range"]
         a, b = max(lo, start), min(hi, stop)
         if a >= b:
@@ -122,7 +122,7 @@ def load_checkpoint(
             momentum[a - start : b - start] = shard["momentum"][a - lo : b - lo]
     with torch.no_grad():
         head.weight.copy_(weight)
-    common = _load(folder / "common.pt", mmap=False)
+    common = read_file(folder / "common.pt", mmap=False)
     state = TrainingState(
         step=meta["step"],
         backbone=common["backbone"],
@@ -163,7 +163,8 @@ def _save(obj, path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _load(path: Path, mmap: bool):
+def read_file(path: Path, mmap: bool):
+    """One file of a checkpoint, tensors on CPU (memory-mapped if ``mmap``)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:

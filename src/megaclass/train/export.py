@@ -16,14 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from megaclass.train.checkpoint import CheckpointError, latest_checkpoint
+from megaclass.train.checkpoint import latest_checkpoint, read_file
 from megaclass.train.config import load_config, to_toml
-from megaclass.train.loop import _margin
+from megaclass.train.loop import build_margin
 
 
 def export_run(run_dir: str | Path, out: str | Path) -> Path:
-    import torch
-
     run_dir, out = Path(run_dir), Path(out)
     config = load_config(str(run_dir / "config.toml"))
     folder = latest_checkpoint(run_dir)
@@ -34,17 +32,14 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
         out / "class_weights.npy", mode="w+", dtype=np.float32, shape=(num_classes, dim)
     )
     for path in sorted(folder.glob("head-*.pt")):
-        try:
-            shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as error:
-            raise CheckpointError(f"checkpoint file {path} is corrupt: {error}") from None
+        shard = read_file(path, mmap=True)
         start, stop = shard["class_range"]
         weights[start:stop] = shard["weight"].float().numpy()
     weights.flush()
     np.save(out / "class_ids.npy", np.arange(num_classes, dtype=np.int64))
-    common = torch.load(folder / "common.pt", map_location="cpu", weights_only=True)
+    common = read_file(folder / "common.pt", mmap=False)
     np.savez(out / "backbone.npz", **{k: v.cpu().numpy() for k, v in common["backbone"].items()})
-    margin = _margin(config)
+    margin = build_margin(config)
     manifest = {
         "step": meta["step"],
         "num_classes": num_classes,

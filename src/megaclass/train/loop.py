@@ -104,7 +104,7 @@ def build_model(config: RunConfig, group: dist.ProcessGroup | None) -> Model:
     head = ClassifierHead(
         dataset.num_classes,
         config.model.embedding_dim,
-        margin=_margin(config),
+        margin=build_margin(config),
         process_group=group,
         chunk_size=config.head.chunk_size,
         matmul_dtype=_MATMUL_DTYPES[config.head.matmul_dtype],
@@ -279,7 +279,8 @@ def evaluate_run(run_dir: str | Path) -> dict:
     return metrics
 
 
-def _margin(config: RunConfig):
+def build_margin(config: RunConfig):
+    """The margin object named by ``config.head``."""
     head = config.head
     return {
         "softmax": lambda: margins.Softmax(),
