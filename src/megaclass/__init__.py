@@ -1,9 +1,9 @@
 """megaclass: training classifiers and embedding models with millions to hundreds of millions of
 classes. See ``ClassifierHead``."""
 
-from megaclass import margins, samplers
+from megaclass import margins, optim, samplers
 from megaclass.heads import ClassifierHead, HeadOutput
 
 __version__ = "0.1.0"
 
-__all__ = ["ClassifierHead", "HeadOutput", "__version__", "margins", "samplers"]
+__all__ = ["ClassifierHead", "HeadOutput", "__version__", "margins", "optim", "samplers"]

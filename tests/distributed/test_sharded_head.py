@@ -155,3 +155,46 @@ def test_exact_top5_over_shards_equals_dense_top5():
     for world_size in (1, 3):
         per_rank = run_ranks(world_size, _topk_case)
         assert torch.equal(torch.cat([ids for _, ids in per_rank]), want)
+
+
+def _sampled_case(group, rate):
+    rank, world_size = group.rank(), group.size()
+    x, y, w = _global_problem()
+    head = megaclass.ClassifierHead(
+        NUM_CLASSES,
+        DIM,
+        margin=margins.ArcFace(scale=16.0),
+        sampler=megaclass.samplers.Random(rate),
+        process_group=group,
+        chunk_size=50,
+    )
+    start, stop = head.class_range
+    with torch.no_grad():
+        head.weight.copy_(w[start:stop])
+    local_x = x[_local_rows(rank, world_size)].clone().requires_grad_()
+    out = head(local_x, y[_local_rows(rank, world_size)])
+    out.loss.backward()
+    grad = head.weight.grad.coalesce()
+    return (
+        out.loss.detach(),
+        local_x.grad,
+        grad.to_dense(),
+        grad.indices()[0] + start,
+        out.num_active,
+    )
+
+
+def test_random_rate_1_on_three_ranks_equals_the_dense_reference():
+    want_loss, want_gx, want_gw = _dense_reference(margins.ArcFace(scale=16.0))
+    per_rank = run_ranks(3, _sampled_case, 1.0)
+    assert all(_rel(loss, want_loss) <= 1e-5 for loss, *_ in per_rank)
+    assert _rel(torch.cat([r[1] for r in per_rank]) / 3, want_gx) <= 1e-5
+    assert _rel(torch.cat([r[2] for r in per_rank]), want_gw) <= 1e-5
+
+
+def test_random_sampling_on_three_ranks_keeps_every_label_active():
+    _, y, _ = _global_problem()
+    per_rank = run_ranks(3, _sampled_case, 0.05)
+    active = torch.cat([r[3] for r in per_rank])
+    assert set(y[y >= 0].tolist()) <= set(active.tolist())
+    assert all(r[4] == len(active) for r in per_rank)

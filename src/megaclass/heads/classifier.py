@@ -13,7 +13,7 @@ from megaclass.distributed import all_gather_ints, gather_rows, rank_and_size, s
 from megaclass.functional import shard_topk
 from megaclass.functional.margins import Margin, Softmax
 from megaclass.heads.sharded_cross_entropy import ShardSpec, sharded_cross_entropy
-from megaclass.samplers import Full, Sampler
+from megaclass.samplers import Full, Random, Sampler
 
 _INIT_STD = 0.01
 _INIT_BLOCK = 1 << 16  # rows drawn per seeded block, so a shard's init is independent of world size
@@ -88,8 +88,10 @@ class ClassifierHead(nn.Module):
                 f"matmul_dtype must be float32, bfloat16 or float16, got {matmul_dtype}"
             )
         sampler = Full() if sampler is None else sampler
-        if not isinstance(sampler, Full):
-            raise ValueError(f"sampler {sampler!r} is not supported; available: Full()")
+        if not isinstance(sampler, Full | Random):
+            raise ValueError(
+                f"sampler {sampler!r} is not supported; available: Full(), Random(rate)"
+            )
         self.num_classes = num_classes
         self.embedding_dim = embedding_dim
         self.margin = Softmax() if margin is None else margin
@@ -105,6 +107,8 @@ class ClassifierHead(nn.Module):
         self.weight = nn.Parameter(  # [num_local, D]
             _initial_rows(start, stop, embedding_dim, seed).to(device=device, dtype=dtype)
         )
+        # Class sampling: the same draws for the same (seed, rank) in every run.
+        self._sampling = torch.Generator().manual_seed(seed * 1_000_003 + self.rank)
 
     @property
     def num_local(self) -> int:
@@ -127,6 +131,7 @@ class ClassifierHead(nn.Module):
         ).float()
         if self.margin.normalize:
             queries = F.normalize(queries, dim=1) * self.margin.scale
+        active_rows, num_active = self._active_rows(all_labels)
         spec = ShardSpec(
             class_start=self.class_range[0],
             margin=self.margin,
@@ -134,9 +139,25 @@ class ClassifierHead(nn.Module):
             ignore_index=self.ignore_index,
             chunk_size=self.chunk_size,
             matmul_dtype=self.matmul_dtype,
+            active_rows=active_rows,
         )
         loss = sharded_cross_entropy(queries, self.weight, all_labels, spec)
-        return HeadOutput(loss=loss, num_active=self.num_classes)
+        return HeadOutput(loss=loss, num_active=num_active)
+
+    def _active_rows(self, all_labels: torch.Tensor) -> tuple[torch.Tensor | None, int]:
+        """This shard's sampled rows (None: all) and the number of active classes of all ranks.
+
+        Collective on ``process_group`` when sampling: one all_reduce (SUM) of a scalar.
+        """
+        if isinstance(self.sampler, Full):
+            return None, self.num_classes
+        start, stop = self.class_range
+        owned = (all_labels >= start) & (all_labels < stop) & (all_labels != self.ignore_index)
+        active = self.sampler.select(all_labels[owned] - start, self.num_local, self._sampling)
+        total = torch.tensor([len(active)], dtype=torch.int64, device=self.weight.device)
+        if self.process_group is not None:
+            dist.all_reduce(total, group=self.process_group)
+        return active.to(self.weight.device), int(total)
 
     @torch.no_grad()
     def predict_topk(

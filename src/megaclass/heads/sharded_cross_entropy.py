@@ -27,6 +27,7 @@ class ShardSpec:
     ignore_index: int
     chunk_size: int | None
     matmul_dtype: torch.dtype
+    active_rows: torch.Tensor | None = None  # sorted rows of ``weight`` scored; None: all
 
 
 def sharded_cross_entropy(
@@ -38,7 +39,11 @@ def sharded_cross_entropy(
     weight [C_local, D]: this rank's classes ``[class_start, class_start + C_local)``;
     labels [B] int64: global class ids, ``ignore_index`` for rows that do not count.
     Returns a scalar, identical on every rank. Its backward gives this rank's share of the
-    gradient of the queries (to be summed over ranks) and the full gradient of its weights.
+    gradient of the queries (to be summed over ranks) and the gradient of its weights.
+
+    With ``spec.active_rows`` only those rows of ``weight`` are scored (they must include every
+    label of the batch that this shard owns) and the weight gradient is a sparse COO tensor
+    holding only those rows: no dense [C_local, D] gradient is formed.
 
     Collectives on ``spec.group`` (forward only): those of ``logsumexp_across``, i.e. one
     all_reduce MAX of [B] and one all_reduce SUM of [2, B]. The backward pass communicates nothing.
@@ -52,11 +57,15 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         valid = labels != spec.ignore_index  # [B]
         local = labels - spec.class_start
         owned = valid & (local >= 0) & (local < weight.shape[0])
+        scored = weight
+        if spec.active_rows is not None:
+            scored = weight.index_select(0, spec.active_rows)  # [A, D]
+            local = torch.searchsorted(spec.active_rows, local.clamp(0, weight.shape[0] - 1))
         target_rows = torch.where(owned, local, torch.full_like(local, -1))
-        targets = shard_targets(queries, weight, target_rows, spec.margin)
+        targets = shard_targets(queries, scored, target_rows, spec.margin)
         shard_lse = shard_logsumexp(
             queries,
-            weight,
+            scored,
             targets,
             normalize=spec.margin.normalize,
             chunk_size=spec.chunk_size,
@@ -67,18 +76,19 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         )
         num_valid = valid.sum().clamp_min(1)
         row_loss = torch.where(valid, lse - target_logits, torch.zeros_like(lse))  # [B]
-        ctx.save_for_backward(queries, weight, valid, lse)
+        ctx.save_for_backward(queries, scored, valid, lse)
+        ctx.weight_shape = weight.shape
         ctx.targets, ctx.shard_lse, ctx.num_valid, ctx.spec = targets, shard_lse, num_valid, spec
         return row_loss.sum() / num_valid
 
     @staticmethod
     def backward(ctx, grad_loss):
-        queries, weight, valid, lse = ctx.saved_tensors
+        queries, scored, valid, lse = ctx.saved_tensors
         spec = ctx.spec
         row_grad = valid.float() * (grad_loss / ctx.num_valid)  # [B]
-        grad_queries, grad_weight = shard_softmax_backward(
+        grad_queries, grad_scored = shard_softmax_backward(
             queries,
-            weight,
+            scored,
             ctx.targets,
             lse,
             row_grad,
@@ -87,4 +97,14 @@ class _ShardedCrossEntropy(torch.autograd.Function):
             chunk_size=spec.chunk_size,
             matmul_dtype=spec.matmul_dtype,
         )
+        if spec.active_rows is None:
+            grad_weight = grad_scored
+        else:
+            grad_weight = torch.sparse_coo_tensor(
+                spec.active_rows[None],
+                grad_scored,
+                ctx.weight_shape,
+                is_coalesced=True,
+                check_invariants=False,
+            )
         return grad_queries.to(queries.dtype), grad_weight, None, None

@@ -1,0 +1,92 @@
+"""``SparseSGD``: SGD with momentum that updates only the rows a step touched."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+class SparseSGD(torch.optim.Optimizer):
+    """SGD with momentum, weight decay and optional Nesterov, for row-sparse gradients.
+
+    A sparse COO gradient (as the head produces with a sampler) updates only its rows; a dense
+    gradient updates every row, exactly as ``torch.optim.SGD`` (dampening 0) would. For a touched
+    row the update is ``torch.optim.SGD``'s:
+
+        d = g + weight_decay * w;  buf = momentum * buf + d;  w -= lr * (d + momentum * buf
+        if nesterov else buf)
+
+    Rows that a step does not touch are left exactly as they are (lazy momentum and decay): their
+    momentum does not move them, their weights do not decay, and their momentum buffer is not
+    decayed either, so when a row is touched again its old momentum resumes where it stopped.
+    This keeps a step's cost proportional to the active rows, not to the number of classes.
+
+    The momentum buffer (``state[p]["momentum_buffer"]``, same shape as ``p``) is the same as
+    ``torch.optim.SGD``'s, so ``state_dict`` and checkpoints interchange with it.
+    """
+
+    def __init__(
+        self,
+        params: nn.Module | Iterable[torch.Tensor],
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if nesterov and momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        if isinstance(params, nn.Module):
+            params = params.parameters()
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+        }
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    self._update(param, param.grad, group)
+        return loss
+
+    def _update(self, param: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        if grad.is_sparse:
+            grad = grad.coalesce()
+            rows, values = grad.indices()[0], grad.values()  # [n], [n, D]
+            weights = param.index_select(0, rows)
+        else:
+            rows, values, weights = None, grad, param
+        step = values + group["weight_decay"] * weights if group["weight_decay"] else values
+        momentum = group["momentum"]
+        if momentum:
+            state = self.state[param]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(param)
+            buffer = state["momentum_buffer"]
+            moved = (buffer if rows is None else buffer.index_select(0, rows)) * momentum + step
+            if rows is None:
+                buffer.copy_(moved)
+            else:
+                buffer.index_copy_(0, rows, moved)
+            step = step + momentum * moved if group["nesterov"] else moved
+        updated = weights - group["lr"] * step
+        if rows is None:
+            param.copy_(updated)
+        else:
+            param.index_copy_(0, rows, updated)

@@ -1,0 +1,144 @@
+"""Sampled heads (row-sparse gradients) and SparseSGD against their dense twins."""
+
+import pytest
+import torch
+
+import megaclass
+from megaclass import margins, samplers
+from megaclass.optim import SparseSGD
+from tests.reference import ALL_MARGINS, reference_loss
+
+NUM_CLASSES, DIM, BATCH = 1007, 16, 29
+
+
+def _problem():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(BATCH, DIM, generator=g)
+    y = torch.randint(0, NUM_CLASSES, (BATCH,), generator=g)
+    y[2] = -100
+    return x, y, torch.randn(NUM_CLASSES, DIM, generator=g)
+
+
+def _step(margin, sampler, w, x, y, optimizer):
+    head = megaclass.ClassifierHead(
+        NUM_CLASSES, DIM, margin=margin, sampler=sampler, chunk_size=100
+    )
+    with torch.no_grad():
+        head.weight.copy_(w)
+    x = x.clone().requires_grad_()
+    out = head(x, y)
+    out.loss.backward()
+    grad = head.weight.grad
+    dense_grad = grad.to_dense() if grad.is_sparse else grad
+    optimizer(head).step()
+    return out, x.grad, dense_grad, head.weight.detach(), grad
+
+
+@pytest.mark.parametrize("margin", ALL_MARGINS, ids=repr)
+def test_random_rate_1_equals_full_including_the_update(margin):
+    x, y, w = _problem()
+    full = _step(
+        margin, samplers.Full(), w, x, y, lambda h: torch.optim.SGD(h.parameters(), lr=0.5)
+    )
+    rand = _step(margin, samplers.Random(1.0), w, x, y, lambda h: SparseSGD(h, lr=0.5))
+    assert rand[4].is_sparse and rand[0].num_active == NUM_CLASSES
+    assert torch.allclose(rand[0].loss, full[0].loss, rtol=1e-6)
+    for a, b in zip(rand[1:4], full[1:4], strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_random_sampling_scores_labels_plus_random_classes_with_sparse_gradients():
+    x, y, w = _problem()
+    margin = margins.CosFace(scale=16.0, margin=0.2)
+    out, _, dense_grad, _, grad = _step(
+        margin, samplers.Random(0.1), w, x, y, lambda h: SparseSGD(h, lr=0.1)
+    )
+    active = grad.coalesce().indices()[0]
+    assert out.num_active == len(active) == int(0.1 * NUM_CLASSES)
+    assert set(y[y >= 0].tolist()) <= set(active.tolist())
+    untouched = torch.ones(NUM_CLASSES, dtype=torch.bool)
+    untouched[active] = False
+    assert not dense_grad[untouched].any()
+    # The loss is the softmax over the active classes only.
+    remap = torch.full((NUM_CLASSES,), -100)
+    remap[active] = torch.arange(len(active))
+    labels = torch.where(y >= 0, remap[y.clamp(min=0)], y)
+    want = reference_loss(x.double(), w[active].double(), labels, margin)
+    assert torch.allclose(out.loss.double(), want, rtol=1e-5)
+
+
+def test_random_keeps_all_positives_beyond_the_rate():
+    rows = samplers.Random(0.01).select(torch.arange(50), 1000, torch.Generator().manual_seed(0))
+    assert torch.equal(rows, torch.arange(50))
+    with pytest.raises(ValueError, match="rate"):
+        samplers.Random(0.0)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"momentum": 0.9, "weight_decay": 5e-4},
+        {"momentum": 0.9, "nesterov": True},
+        {"momentum": 0.0, "weight_decay": 1e-2},
+    ],
+    ids=str,
+)
+def test_sparse_sgd_equals_dense_sgd_on_the_touched_rows(settings):
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(50, 4, generator=g)
+    rows = torch.tensor([3, 7, 20])
+    sparse_param = torch.nn.Parameter(weight.clone())
+    dense_param = torch.nn.Parameter(weight[rows].clone())
+    sparse_opt = SparseSGD([sparse_param], lr=0.1, **settings)
+    dense_opt = torch.optim.SGD([dense_param], lr=0.1, **settings)
+    for _ in range(3):
+        values = torch.randn(3, 4, generator=g)
+        sparse_param.grad = torch.sparse_coo_tensor(
+            rows[None], values, (50, 4), check_invariants=True
+        )
+        dense_param.grad = values.clone()
+        sparse_opt.step()
+        dense_opt.step()
+    assert torch.allclose(sparse_param[rows], dense_param, rtol=1e-6, atol=1e-7)
+    untouched = torch.ones(50, dtype=torch.bool)
+    untouched[rows] = False
+    assert torch.equal(sparse_param[untouched], weight[untouched])  # bit for bit
+
+
+def test_sparse_sgd_with_dense_gradients_is_torch_sgd():
+    g = torch.Generator().manual_seed(1)
+    a = torch.nn.Parameter(torch.randn(6, 3, generator=g))
+    b = torch.nn.Parameter(a.detach().clone())
+    opt_a = SparseSGD([a], lr=0.05, momentum=0.9, weight_decay=1e-3)
+    opt_b = torch.optim.SGD([b], lr=0.05, momentum=0.9, weight_decay=1e-3)
+    for _ in range(3):
+        grad = torch.randn(6, 3, generator=g)
+        a.grad, b.grad = grad.clone(), grad.clone()
+        opt_a.step()
+        opt_b.step()
+    assert torch.allclose(a, b, rtol=1e-6)
+    state = opt_a.state_dict()
+    fresh = SparseSGD([torch.nn.Parameter(a.detach().clone())], lr=0.05, momentum=0.9)
+    fresh.load_state_dict(state)
+    assert torch.equal(
+        fresh.state_dict()["state"][0]["momentum_buffer"],
+        opt_b.state_dict()["state"][0]["momentum_buffer"],
+    )
+
+
+def test_sparse_sgd_rejects_bad_settings():
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    for kwargs in (
+        {"lr": 0},
+        {"lr": 0.1, "momentum": 1.0},
+        {"lr": 0.1, "nesterov": True},
+        {"lr": 0.1, "weight_decay": -1},
+    ):
+        with pytest.raises(ValueError):
+            SparseSGD(p, **kwargs)
+
+
+def test_sampled_head_gradient_is_never_dense():
+    head = megaclass.ClassifierHead(100_000, 8, sampler=samplers.Random(0.001))
+    head(torch.randn(16, 8), torch.randint(0, 100_000, (16,))).loss.backward()
+    assert head.weight.grad.is_sparse and head.weight.grad._nnz() == 100
