@@ -198,3 +198,39 @@ def test_random_sampling_on_three_ranks_keeps_every_label_active():
     active = torch.cat([r[3] for r in per_rank])
     assert set(y[y >= 0].tolist()) <= set(active.tolist())
     assert all(r[4] == len(active) for r in per_rank)
+
+
+def _knn_case(group, budget):
+    rank, world_size = group.rank(), group.size()
+    x, y, w = _global_problem()
+    head = megaclass.ClassifierHead(
+        NUM_CLASSES,
+        DIM,
+        margin=margins.CosFace(scale=16.0),
+        sampler=megaclass.samplers.KNN(k=5, budget=budget),
+        process_group=group,
+        chunk_size=50,
+    )
+    start, stop = head.class_range
+    with torch.no_grad():
+        head.weight.copy_(w[start:stop])
+    local_x = x[_local_rows(rank, world_size)].clone().requires_grad_()
+    out = head(local_x, y[_local_rows(rank, world_size)])
+    out.loss.backward()
+    grad = head.weight.grad.coalesce()
+    active = grad.indices()[0] + start
+    return out.loss.detach(), local_x.grad, grad.to_dense(), active, head.knn_graph
+
+
+def test_knn_on_three_ranks_builds_the_exact_graph_and_equals_full_at_full_budget():
+    _, y, w = _global_problem()
+    cos = torch.nn.functional.normalize(w, dim=1) @ torch.nn.functional.normalize(w, dim=1).t()
+    cos.fill_diagonal_(float("-inf"))
+    per_rank = run_ranks(3, _knn_case, 1.0)
+    assert torch.equal(torch.cat([r[4] for r in per_rank]), cos.topk(5, dim=1).indices)
+    want_loss, want_gx, want_gw = _dense_reference(margins.CosFace(scale=16.0))
+    assert all(_rel(r[0], want_loss) <= 1e-5 for r in per_rank)
+    assert _rel(torch.cat([r[1] for r in per_rank]) / 3, want_gx) <= 1e-5
+    assert _rel(torch.cat([r[2] for r in per_rank]), want_gw) <= 1e-5
+    sampled = run_ranks(3, _knn_case, 0.05)
+    assert set(y[y >= 0].tolist()) <= set(torch.cat([r[3] for r in sampled]).tolist())

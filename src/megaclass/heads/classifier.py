@@ -13,7 +13,8 @@ from megaclass.distributed import all_gather_ints, gather_rows, rank_and_size, s
 from megaclass.functional import shard_topk
 from megaclass.functional.margins import Margin, Softmax
 from megaclass.heads.sharded_cross_entropy import ShardSpec, sharded_cross_entropy
-from megaclass.samplers import Full, Random, Sampler
+from megaclass.index import build_knn_graph
+from megaclass.samplers import KNN, Full, Random, Sampler
 
 _INIT_STD = 0.01
 _INIT_BLOCK = 1 << 16  # rows drawn per seeded block, so a shard's init is independent of world size
@@ -88,9 +89,9 @@ class ClassifierHead(nn.Module):
                 f"matmul_dtype must be float32, bfloat16 or float16, got {matmul_dtype}"
             )
         sampler = Full() if sampler is None else sampler
-        if not isinstance(sampler, Full | Random):
+        if not isinstance(sampler, Full | Random | KNN):
             raise ValueError(
-                f"sampler {sampler!r} is not supported; available: Full(), Random(rate)"
+                f"sampler {sampler!r} is not supported; available: Full(), Random(rate), KNN(...)"
             )
         self.num_classes = num_classes
         self.embedding_dim = embedding_dim
@@ -109,6 +110,8 @@ class ClassifierHead(nn.Module):
         )
         # Class sampling: the same draws for the same (seed, rank) in every run.
         self._sampling = torch.Generator().manual_seed(seed * 1_000_003 + self.rank)
+        self.knn_graph: torch.Tensor | None = None  # [num_local, k] global ids, KNN sampler only
+        self._steps_since_graph = 0
 
     @property
     def num_local(self) -> int:
@@ -153,11 +156,45 @@ class ClassifierHead(nn.Module):
             return None, self.num_classes
         start, stop = self.class_range
         owned = (all_labels >= start) & (all_labels < stop) & (all_labels != self.ignore_index)
-        active = self.sampler.select(all_labels[owned] - start, self.num_local, self._sampling)
+        positives = all_labels[owned] - start
+        if isinstance(self.sampler, KNN):
+            active = self._knn_rows(positives)
+        else:
+            active = self.sampler.select(positives, self.num_local, self._sampling)
         total = torch.tensor([len(active)], dtype=torch.int64, device=self.weight.device)
         if self.process_group is not None:
             dist.all_reduce(total, group=self.process_group)
         return active.to(self.weight.device), int(total)
+
+    def rebuild_knn_graph(self) -> None:
+        """Rebuild the class KNN graph from the current weights (collective: every rank)."""
+        self.knn_graph = build_knn_graph(
+            self.weight,
+            self.num_classes,
+            self.sampler.k,
+            self.process_group,
+            chunk_size=self.chunk_size or 8192,
+            matmul_dtype=self.matmul_dtype,
+        )
+        self._steps_since_graph = 0
+
+    def _knn_rows(self, positives: torch.Tensor) -> torch.Tensor:
+        """Labels + graph neighbours of every label of the batch, fitted to the budget.
+
+        Collectives on ``process_group``: an all_gather of one int and one of the neighbour
+        lists [labels owned, k] of every rank; graph rebuilds as in ``build_knn_graph``.
+        """
+        if self.knn_graph is None or self._steps_since_graph >= self.sampler.refresh_every:
+            self.rebuild_knn_graph()
+        if torch.is_grad_enabled():
+            self._steps_since_graph += 1
+        mine = self.knn_graph[positives]  # [n_own, k]
+        sizes = [n for (n,) in all_gather_ints([len(mine)], self.process_group)]
+        neighbours = gather_rows(mine, sizes, self.process_group)  # [n_all, k]
+        budget = self.sampler.local_budget(self.num_classes, self.num_local)
+        return self.sampler.select(
+            positives, neighbours, self.class_range[0], self.num_local, budget, self._sampling
+        )
 
     @torch.no_grad()
     def predict_topk(

@@ -1,8 +1,9 @@
 """Samplers decide which classes are active (scored) in a step."""
 
 from megaclass.samplers.full import Full
+from megaclass.samplers.knn import KNN
 from megaclass.samplers.random import Random
 
-Sampler = Full | Random
+Sampler = Full | Random | KNN
 
-__all__ = ["Full", "Random", "Sampler"]
+__all__ = ["KNN", "Full", "Random", "Sampler"]

@@ -1,0 +1,74 @@
+"""The ``KNN`` sampler: KNN softmax, the batch's classes and their neighbours in a class graph."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class KNN:
+    """A step scores the batch's labels, then their neighbours in the class KNN graph (nearest
+    first), filled up with uniformly drawn classes, or cut (farthest neighbours first), to
+    exactly ``budget`` classes, so that every step costs the same.
+
+    k: neighbours per class in the graph.
+    budget: a fraction of all classes (0 < budget <= 1) or an absolute count (> 1), split over
+        the ranks in proportion to their shards. The labels are always kept, even beyond it.
+    refresh_every: training steps between rebuilds of the graph (it is built before the first).
+    """
+
+    k: int = 32
+    budget: float = 0.1
+    refresh_every: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"KNN k must be >= 1, got {self.k}")
+        if not self.budget > 0:
+            raise ValueError(
+                f"KNN budget must be > 0 (a fraction <= 1 or a count), got {self.budget}"
+            )
+        if self.refresh_every < 1:
+            raise ValueError(f"KNN refresh_every must be >= 1, got {self.refresh_every}")
+
+    def local_budget(self, num_classes: int, num_local: int) -> int:
+        """Classes this shard scores per step."""
+        total = self.budget * num_classes if self.budget <= 1 else min(self.budget, num_classes)
+        return min(num_local, round(total * num_local / num_classes))
+
+    def select(
+        self,
+        positives: torch.Tensor,
+        neighbours: torch.Tensor,
+        class_start: int,
+        num_local: int,
+        budget: int,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """Active rows of this shard, sorted.
+
+        positives [n]: local rows of the batch's labels in this shard (may repeat);
+        neighbours [m, k]: global ids of the graph neighbours of every label of the batch
+        (all shards), nearest first, -1 for none.
+        """
+        positives = positives.unique()
+        nearest_first = neighbours.t().reshape(-1) - class_start  # all 1st, then all 2nd, ...
+        nearest_first = nearest_first[(nearest_first >= 0) & (nearest_first < num_local)]
+        ranked = _first_occurrences(torch.cat([positives, nearest_first]))
+        wanted = max(budget, len(positives))
+        if len(ranked) >= wanted:
+            return ranked[:wanted].sort().values
+        scores = torch.rand(num_local, generator=generator).to(ranked.device)
+        scores[ranked] = 2.0
+        return scores.topk(wanted).indices.sort().values
+
+
+def _first_occurrences(values: torch.Tensor) -> torch.Tensor:
+    """Distinct values in the order of their first appearance: [m] -> [u]."""
+    distinct, inverse = torch.unique(values, return_inverse=True)
+    positions = torch.arange(len(values), device=values.device)
+    first = torch.full((len(distinct),), len(values), device=values.device)
+    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+    return distinct[first.argsort()]

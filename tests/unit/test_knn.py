@@ -1,0 +1,101 @@
+"""KNN softmax: the exact blocked graph against brute force, the sampler against Full."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import megaclass
+from megaclass import margins, samplers
+from megaclass.index import build_knn_graph
+
+NUM_CLASSES, DIM = 1007, 16
+
+
+def brute_force_graph(weight, k):
+    cos = F.normalize(weight, dim=1) @ F.normalize(weight, dim=1).t()
+    cos.fill_diagonal_(float("-inf"))
+    return cos.topk(k, dim=1).indices
+
+
+def test_exact_blocked_graph_equals_brute_force():
+    weight = torch.randn(NUM_CLASSES, DIM, generator=torch.Generator().manual_seed(0))
+    graph = build_knn_graph(weight, NUM_CLASSES, 7, None, chunk_size=100)
+    assert torch.equal(graph, brute_force_graph(weight, 7))
+
+
+def test_graph_of_fewer_classes_than_k_pads_with_minus_one():
+    graph = build_knn_graph(torch.randn(3, 4), 3, 5, None)
+    assert (graph[:, 2:] == -1).all() and (graph[:, :2] >= 0).all()
+    assert not (graph == torch.arange(3)[:, None]).any()
+
+
+def _head(sampler, weight):
+    head = megaclass.ClassifierHead(
+        NUM_CLASSES, DIM, margin=margins.ArcFace(scale=16.0), sampler=sampler, chunk_size=100
+    )
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    return head
+
+
+def test_knn_with_a_budget_of_all_classes_equals_full():
+    g = torch.Generator().manual_seed(1)
+    weight, x = torch.randn(NUM_CLASSES, DIM, generator=g), torch.randn(29, DIM, generator=g)
+    y = torch.randint(0, NUM_CLASSES, (29,), generator=g)
+    results = []
+    for sampler in (samplers.Full(), samplers.KNN(k=4, budget=1.0)):
+        head, xx = _head(sampler, weight), x.clone().requires_grad_()
+        out = head(xx, y)
+        out.loss.backward()
+        grad = head.weight.grad
+        results.append((out.loss, xx.grad, grad.to_dense() if grad.is_sparse else grad))
+    for a, b in zip(*results, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_active_set_is_labels_then_nearest_neighbours_then_cut():
+    g = torch.Generator().manual_seed(2)
+    weight = torch.randn(NUM_CLASSES, DIM, generator=g)
+    labels = torch.tensor([5, 9, 400])
+    head = _head(samplers.KNN(k=3, budget=9), weight)
+    head(torch.randn(3, DIM, generator=g), labels).loss.backward()
+    active = set(head.weight.grad.coalesce().indices()[0].tolist())
+    graph = brute_force_graph(weight, 3)
+    assert len(active) == 9
+    assert active == set(labels.tolist()) | set(graph[labels, :2].reshape(-1).tolist())
+
+
+def test_small_budgets_fill_with_random_classes_and_keep_labels():
+    head = _head(samplers.KNN(k=2, budget=0.1), torch.randn(NUM_CLASSES, DIM))
+    labels = torch.randint(0, NUM_CLASSES, (64,))
+    out = head(torch.randn(64, DIM), labels)
+    out.loss.backward()
+    active = head.weight.grad.coalesce().indices()[0]
+    assert out.num_active == len(active) == max(101, labels.unique().numel())
+    assert set(labels.tolist()) <= set(active.tolist())
+
+
+def test_graph_is_rebuilt_every_refresh_steps():
+    head = _head(samplers.KNN(k=3, budget=0.05, refresh_every=2), torch.randn(NUM_CLASSES, DIM))
+    x, y = torch.randn(8, DIM), torch.randint(0, NUM_CLASSES, (8,))
+    head(x, y)
+    first = head.knn_graph
+    with torch.no_grad():
+        head.weight.normal_()
+    head(x, y)
+    assert head.knn_graph is first  # within refresh_every
+    head(x, y)
+    assert not torch.equal(head.knn_graph, first)
+    assert torch.equal(head.knn_graph, brute_force_graph(head.weight.detach(), 3))
+
+
+@pytest.mark.parametrize("kwargs", [{"k": 0}, {"budget": 0}, {"refresh_every": 0}], ids=str)
+def test_bad_knn_settings_raise(kwargs):
+    with pytest.raises(ValueError):
+        samplers.KNN(**kwargs)
+
+
+def test_budget_is_split_in_proportion_to_shards():
+    knn = samplers.KNN(budget=0.1)
+    assert knn.local_budget(1007, 336) == 34 and knn.local_budget(1007, 335) == 34
+    assert samplers.KNN(budget=500).local_budget(1000, 500) == 250
