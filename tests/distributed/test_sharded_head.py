@@ -157,16 +157,12 @@ def test_exact_top5_over_shards_equals_dense_top5():
         assert torch.equal(torch.cat([ids for _, ids in per_rank]), want)
 
 
-def _sampled_case(group, rate):
+def _sampled_step(group, sampler, margin):
+    """Loss, embedding grad, dense weight grad, active global ids and the head, on one rank."""
     rank, world_size = group.rank(), group.size()
     x, y, w = _global_problem()
     head = megaclass.ClassifierHead(
-        NUM_CLASSES,
-        DIM,
-        margin=margins.ArcFace(scale=16.0),
-        sampler=megaclass.samplers.Random(rate),
-        process_group=group,
-        chunk_size=50,
+        NUM_CLASSES, DIM, margin=margin, sampler=sampler, process_group=group, chunk_size=50
     )
     start, stop = head.class_range
     with torch.no_grad():
@@ -175,13 +171,13 @@ def _sampled_case(group, rate):
     out = head(local_x, y[_local_rows(rank, world_size)])
     out.loss.backward()
     grad = head.weight.grad.coalesce()
-    return (
-        out.loss.detach(),
-        local_x.grad,
-        grad.to_dense(),
-        grad.indices()[0] + start,
-        out.num_active,
-    )
+    return out, local_x.grad, grad.to_dense(), grad.indices()[0] + start, head
+
+
+def _sampled_case(group, rate):
+    sampler = megaclass.samplers.Random(rate)
+    out, grad_x, grad_w, active, _ = _sampled_step(group, sampler, margins.ArcFace(scale=16.0))
+    return out.loss.detach(), grad_x, grad_w, active, out.num_active
 
 
 def test_random_rate_1_on_three_ranks_equals_the_dense_reference():
@@ -201,25 +197,9 @@ def test_random_sampling_on_three_ranks_keeps_every_label_active():
 
 
 def _knn_case(group, budget):
-    rank, world_size = group.rank(), group.size()
-    x, y, w = _global_problem()
-    head = megaclass.ClassifierHead(
-        NUM_CLASSES,
-        DIM,
-        margin=margins.CosFace(scale=16.0),
-        sampler=megaclass.samplers.KNN(k=5, budget=budget),
-        process_group=group,
-        chunk_size=50,
-    )
-    start, stop = head.class_range
-    with torch.no_grad():
-        head.weight.copy_(w[start:stop])
-    local_x = x[_local_rows(rank, world_size)].clone().requires_grad_()
-    out = head(local_x, y[_local_rows(rank, world_size)])
-    out.loss.backward()
-    grad = head.weight.grad.coalesce()
-    active = grad.indices()[0] + start
-    return out.loss.detach(), local_x.grad, grad.to_dense(), active, head.knn_graph
+    sampler = megaclass.samplers.KNN(k=5, budget=budget)
+    out, grad_x, grad_w, active, head = _sampled_step(group, sampler, margins.CosFace(scale=16.0))
+    return out.loss.detach(), grad_x, grad_w, active, head.knn_graph
 
 
 def test_knn_on_three_ranks_builds_the_exact_graph_and_equals_full_at_full_budget():
