@@ -7,8 +7,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from megaclass.optim.rows import RowSparseOptimizer, read_rows, touched_rows, write_rows
 
-class SparseSGD(torch.optim.Optimizer):
+
+class SparseSGD(RowSparseOptimizer):
     """SGD with momentum, weight decay and optional Nesterov, for row-sparse gradients.
 
     A sparse COO gradient (as the head produces with a sampler) updates only its rows; a dense
@@ -43,8 +45,6 @@ class SparseSGD(torch.optim.Optimizer):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         if nesterov and momentum == 0:
             raise ValueError("nesterov needs momentum > 0")
-        if isinstance(params, nn.Module):
-            params = params.parameters()
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -53,25 +53,8 @@ class SparseSGD(torch.optim.Optimizer):
         }
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is not None:
-                    self._update(param, param.grad, group)
-        return loss
-
     def _update(self, param: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
-        if grad.is_sparse:
-            grad = grad.coalesce()
-            rows, values = grad.indices()[0], grad.values()  # [n], [n, D]
-            weights = param.index_select(0, rows)
-        else:
-            rows, values, weights = None, grad, param
+        rows, values, weights = touched_rows(param, grad)
         step = values + group["weight_decay"] * weights if group["weight_decay"] else values
         momentum = group["momentum"]
         if momentum:
@@ -79,14 +62,7 @@ class SparseSGD(torch.optim.Optimizer):
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(param)
             buffer = state["momentum_buffer"]
-            moved = (buffer if rows is None else buffer.index_select(0, rows)) * momentum + step
-            if rows is None:
-                buffer.copy_(moved)
-            else:
-                buffer.index_copy_(0, rows, moved)
+            moved = read_rows(buffer, rows) * momentum + step
+            write_rows(buffer, rows, moved)
             step = step + momentum * moved if group["nesterov"] else moved
-        updated = weights - group["lr"] * step
-        if rows is None:
-            param.copy_(updated)
-        else:
-            param.index_copy_(0, rows, updated)
+        write_rows(param, rows, weights - group["lr"] * step)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from megaclass.samplers.uniform import fill_uniform, first_occurrences
+
 
 @dataclass(frozen=True)
 class KNN:
@@ -56,19 +58,6 @@ class KNN:
         positives = positives.unique()
         nearest_first = neighbours.t().reshape(-1) - class_start  # all 1st, then all 2nd, ...
         nearest_first = nearest_first[(nearest_first >= 0) & (nearest_first < num_local)]
-        ranked = _first_occurrences(torch.cat([positives, nearest_first]))
+        ranked = first_occurrences(torch.cat([positives, nearest_first]))
         wanted = max(budget, len(positives))
-        if len(ranked) >= wanted:
-            return ranked[:wanted].sort().values
-        scores = torch.rand(num_local, generator=generator).to(ranked.device)
-        scores[ranked] = 2.0
-        return scores.topk(wanted).indices.sort().values
-
-
-def _first_occurrences(values: torch.Tensor) -> torch.Tensor:
-    """Distinct values in the order of their first appearance: [m] -> [u]."""
-    distinct, inverse = torch.unique(values, return_inverse=True)
-    positions = torch.arange(len(values), device=values.device)
-    first = torch.full((len(distinct),), len(values), device=values.device)
-    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
-    return distinct[first.argsort()]
+        return fill_uniform(ranked[:wanted], wanted, num_local, generator)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from megaclass.samplers.uniform import fill_uniform
+
 
 @dataclass(frozen=True)
 class Random:
@@ -27,9 +29,4 @@ class Random:
         """Active rows of this shard, sorted: positives [n] (local rows, may repeat) -> [A]."""
         positives = positives.unique()
         wanted = max(int(self.rate * num_local), len(positives))
-        if wanted >= num_local:
-            return torch.arange(num_local, device=positives.device)
-        # Random scores, positives forced to the top: the top `wanted` are positives + others.
-        scores = torch.rand(num_local, generator=generator).to(positives.device)
-        scores[positives] = 2.0
-        return scores.topk(wanted).indices.sort().values
+        return fill_uniform(positives, wanted, num_local, generator)

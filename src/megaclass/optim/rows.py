@@ -1,0 +1,62 @@
+"""What the row-sparse optimizers share: the step over parameters and row access."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+class RowSparseOptimizer(torch.optim.Optimizer):
+    """Base of the optimizers that update only the rows a gradient touches.
+
+    ``params`` may be a module (its parameters) or tensors. Subclasses define
+    ``_update(param, grad, group)``.
+    """
+
+    def __init__(self, params: nn.Module | Iterable[torch.Tensor], defaults: dict) -> None:
+        if isinstance(params, nn.Module):
+            params = params.parameters()
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    self._update(param, param.grad, group)
+        return loss
+
+    def _update(self, param: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        raise NotImplementedError
+
+
+def touched_rows(
+    param: torch.Tensor, grad: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(rows, gradient rows, current weight rows) of a step.
+
+    A sparse COO gradient touches its rows: rows [n], values [n, ...], weights [n, ...]. A dense
+    gradient touches every row: rows is None and the other two are the full tensors.
+    """
+    if not grad.is_sparse:
+        return None, grad, param
+    grad = grad.coalesce()
+    rows = grad.indices()[0]
+    return rows, grad.values(), param.index_select(0, rows)
+
+
+def read_rows(tensor: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    return tensor if rows is None else tensor.index_select(0, rows)
+
+
+def write_rows(tensor: torch.Tensor, rows: torch.Tensor | None, values: torch.Tensor) -> None:
+    if rows is None:
+        tensor.copy_(values)
+    else:
+        tensor.index_copy_(0, rows, values)

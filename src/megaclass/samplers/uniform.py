@@ -1,0 +1,43 @@
+"""Filling an active set up with uniformly drawn classes, in time proportional to the set."""
+
+from __future__ import annotations
+
+import torch
+
+_DENSE_FRACTION = 0.25  # above this share of the shard, one pass over the shard is cheaper
+
+
+def fill_uniform(
+    chosen: torch.Tensor, wanted: int, num_local: int, generator: torch.Generator
+) -> torch.Tensor:
+    """``chosen`` (distinct local rows) plus uniformly drawn other rows, ``wanted`` in all; sorted.
+
+    chosen [n] (n <= wanted) -> [min(wanted, num_local)]. Every subset of the other rows of the
+    right size is equally likely. Costs O(wanted log wanted) when ``wanted`` is a small share of
+    the shard (rejection sampling), so a step at 10^7 classes costs what it does at 10^5.
+    """
+    device = chosen.device
+    if wanted >= num_local:
+        return torch.arange(num_local, device=device)
+    if wanted > _DENSE_FRACTION * num_local:
+        # Random scores with the chosen rows forced to the top.
+        scores = torch.rand(num_local, generator=generator).to(device)
+        scores[chosen] = 2.0
+        return scores.topk(wanted).indices.sort().values
+    taken = chosen.cpu()
+    while len(taken) < wanted:
+        need = wanted - len(taken)
+        draws = torch.randint(num_local, (2 * need + 16,), generator=generator)
+        fresh = first_occurrences(draws)
+        fresh = fresh[~torch.isin(fresh, taken)][:need]
+        taken = torch.cat([taken, fresh])
+    return taken.sort().values.to(device)
+
+
+def first_occurrences(values: torch.Tensor) -> torch.Tensor:
+    """Distinct values in the order of their first appearance: [m] -> [u]."""
+    distinct, inverse = torch.unique(values, return_inverse=True)
+    positions = torch.arange(len(values), device=values.device)
+    first = torch.full((len(distinct),), len(values), device=values.device)
+    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+    return distinct[first.argsort()]
