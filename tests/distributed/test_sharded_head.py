@@ -196,8 +196,8 @@ def test_random_sampling_on_three_ranks_keeps_every_label_active():
     assert all(r[4] == len(active) for r in per_rank)
 
 
-def _knn_case(group, budget):
-    sampler = megaclass.samplers.KNN(k=5, budget=budget)
+def _knn_case(group, budget, build="exact"):
+    sampler = megaclass.samplers.KNN(k=5, budget=budget, build=build, nprobe=1000)
     out, grad_x, grad_w, active, head = _sampled_step(group, sampler, margins.CosFace(scale=16.0))
     return out.loss.detach(), grad_x, grad_w, active, head.knn_graph
 
@@ -214,3 +214,13 @@ def test_knn_on_three_ranks_builds_the_exact_graph_and_equals_full_at_full_budge
     assert _rel(torch.cat([r[2] for r in per_rank]), want_gw) <= 1e-5
     sampled = run_ranks(3, _knn_case, 0.05)
     assert set(y[y >= 0].tolist()) <= set(torch.cat([r[3] for r in sampled]).tolist())
+
+
+def test_ivf_graph_on_three_ranks_probing_every_list_is_the_exact_graph():
+    _, _, w = _global_problem()
+    cos = torch.nn.functional.normalize(w, dim=1) @ torch.nn.functional.normalize(w, dim=1).t()
+    cos.fill_diagonal_(float("-inf"))
+    for world_size in (2, 3):
+        per_rank = run_ranks(world_size, _knn_case, 0.05, "ivf")
+        graph = torch.cat([r[4] for r in per_rank]).long()
+        assert torch.equal(graph, cos.topk(5, dim=1).indices)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import megaclass
 from megaclass import margins, samplers
-from megaclass.index import build_knn_graph
+from megaclass.index import build_ivf_knn_graph, build_knn_graph, spherical_kmeans
 
 NUM_CLASSES, DIM = 1007, 16
 
@@ -27,6 +27,45 @@ def test_graph_of_fewer_classes_than_k_pads_with_minus_one():
     graph = build_knn_graph(torch.randn(3, 4), 3, 5, None)
     assert (graph[:, 2:] == -1).all() and (graph[:, :2] >= 0).all()
     assert not (graph == torch.arange(3)[:, None]).any()
+
+
+def test_ivf_graph_probing_every_list_equals_brute_force():
+    weight = torch.randn(NUM_CLASSES, DIM, generator=torch.Generator().manual_seed(3))
+    graph = build_ivf_knn_graph(weight, NUM_CLASSES, 6, None, nprobe=10, num_lists=10)
+    assert graph.dtype == torch.int32
+    assert torch.equal(graph.long(), brute_force_graph(weight, 6))
+
+
+def test_ivf_graph_finds_nearly_all_neighbours_of_clustered_classes():
+    g = torch.Generator().manual_seed(4)
+    centres = torch.randn(64, DIM, generator=g).repeat_interleave(20, dim=0)
+    weight = centres + 0.3 * torch.randn(len(centres), DIM, generator=g)
+    graph = build_ivf_knn_graph(weight, len(weight), 5, None, nprobe=2)
+    exact = brute_force_graph(weight, 5)
+    recall = (graph.long()[:, :, None] == exact[:, None, :]).any(2).float().mean()
+    assert recall >= 0.95
+
+
+def test_spherical_kmeans_gives_unit_centroids_closer_to_the_points_than_its_start():
+    g = torch.Generator().manual_seed(5)
+    points = F.normalize(torch.randn(8, DIM, generator=g).repeat_interleave(50, dim=0), dim=1)
+    points = F.normalize(points + 0.2 * torch.randn(400, DIM, generator=g), dim=1)
+
+    def fit(iterations):
+        centroids = spherical_kmeans(points, 16, torch.Generator().manual_seed(0), iterations)
+        return centroids, float((points @ centroids.t()).max(1).values.mean())
+
+    centroids, fitted = fit(10)
+    _, start = fit(0)
+    assert torch.allclose(centroids.norm(dim=1), torch.ones(16))
+    assert fitted > start + 0.1 and fitted > 0.75  # noise caps the cosine near 0.8
+
+
+def test_knn_chooses_the_exact_build_up_to_its_threshold():
+    knn = samplers.KNN()
+    assert not knn.uses_ivf(knn.EXACT_UP_TO) and knn.uses_ivf(knn.EXACT_UP_TO + 1)
+    assert samplers.KNN(build="ivf").uses_ivf(10)
+    assert not samplers.KNN(build="exact").uses_ivf(10**8)
 
 
 def _head(sampler, weight):
@@ -89,7 +128,11 @@ def test_graph_is_rebuilt_every_refresh_steps():
     assert torch.equal(head.knn_graph, brute_force_graph(head.weight.detach(), 3))
 
 
-@pytest.mark.parametrize("kwargs", [{"k": 0}, {"budget": 0}, {"refresh_every": 0}], ids=str)
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"k": 0}, {"budget": 0}, {"refresh_every": 0}, {"build": "hnsw"}, {"nprobe": 0}],
+    ids=str,
+)
 def test_bad_knn_settings_raise(kwargs):
     with pytest.raises(ValueError):
         samplers.KNN(**kwargs)

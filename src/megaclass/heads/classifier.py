@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +14,7 @@ from megaclass.distributed import all_gather_ints, gather_rows, rank_and_size, s
 from megaclass.functional import shard_topk
 from megaclass.functional.margins import Margin, Softmax
 from megaclass.heads.sharded_cross_entropy import ShardSpec, sharded_cross_entropy
-from megaclass.index import build_knn_graph
+from megaclass.index import build_ivf_knn_graph, build_knn_graph
 from megaclass.samplers import KNN, Full, Random, Sampler
 
 _INIT_STD = 0.01
@@ -102,6 +103,7 @@ class ClassifierHead(nn.Module):
         self.matmul_dtype = matmul_dtype
         self.ignore_index = ignore_index
         self.check_finite = check_finite
+        self.seed = seed
         self.rank, self.world_size = rank_and_size(process_group)
         self.class_range = shard_range(num_classes, self.world_size, self.rank)
         start, stop = self.class_range
@@ -110,7 +112,7 @@ class ClassifierHead(nn.Module):
         )
         # Class sampling: the same draws for the same (seed, rank) in every run.
         self._sampling = torch.Generator().manual_seed(seed * 1_000_003 + self.rank)
-        self.knn_graph: torch.Tensor | None = None  # [num_local, k] global ids, KNN sampler only
+        self.knn_graph: torch.Tensor | None = None  # [num_local, k] int32 global ids (KNN only)
         self._steps_since_graph = 0
 
     @property
@@ -168,14 +170,14 @@ class ClassifierHead(nn.Module):
 
     def rebuild_knn_graph(self) -> None:
         """Rebuild the class KNN graph from the current weights (collective: every rank)."""
-        self.knn_graph = build_knn_graph(
-            self.weight,
-            self.num_classes,
-            self.sampler.k,
-            self.process_group,
-            chunk_size=self.chunk_size or 8192,
-            matmul_dtype=self.matmul_dtype,
-        )
+        settings = {"chunk_size": self.chunk_size or 8192, "matmul_dtype": self.matmul_dtype}
+        if self.sampler.uses_ivf(self.num_classes):
+            build = functools.partial(
+                build_ivf_knn_graph, nprobe=self.sampler.nprobe, seed=self.seed, **settings
+            )
+        else:
+            build = functools.partial(build_knn_graph, **settings)
+        self.knn_graph = build(self.weight, self.num_classes, self.sampler.k, self.process_group)
         self._steps_since_graph = 0
 
     def _knn_rows(self, positives: torch.Tensor) -> torch.Tensor:
@@ -188,7 +190,7 @@ class ClassifierHead(nn.Module):
             self.rebuild_knn_graph()
         if torch.is_grad_enabled():
             self._steps_since_graph += 1
-        mine = self.knn_graph[positives]  # [n_own, k]
+        mine = self.knn_graph[positives].long()  # [n_own, k]
         sizes = [n for (n,) in all_gather_ints([len(mine)], self.process_group)]
         neighbours = gather_rows(mine, sizes, self.process_group)  # [n_all, k]
         budget = self.sampler.local_budget(self.num_classes, self.num_local)

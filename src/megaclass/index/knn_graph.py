@@ -3,9 +3,12 @@
 Built exactly and blockwise: no [classes, classes] matrix is ever formed, only
 [query block, chunk] blocks of similarities with a running top-k. Sharded: each rank finds the
 neighbours of its own classes among the classes of every rank, receiving one shard at a time.
+Graphs hold int32 global class ids (4 bytes per edge: 10^7 classes x 32 neighbours = 1.3 GB).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -29,29 +32,16 @@ def build_knn_graph(
 ) -> torch.Tensor:
     """Neighbours of this rank's classes: weight [C_local, D] -> global class ids [C_local, k].
 
-    Nearest first, never the class itself; -1 where fewer than ``k`` other classes exist.
+    Exact. Nearest first, never the class itself; -1 where fewer than ``k`` other classes exist.
     Collectives on ``group``: one broadcast of each rank's normalised shard [C_r, D] from that
     rank, one shard at a time, so a rank holds at most two shards at once.
     """
-    rank, world_size = rank_and_size(group)
-    start, _ = shard_range(num_classes, world_size, rank)
     mine = F.normalize(weight.detach().float(), dim=1)  # [C_local, D]
-    best_scores = torch.full((len(mine), k), float("-inf"), device=weight.device)
-    best_ids = torch.full((len(mine), k), -1, dtype=torch.int64, device=weight.device)
-    own_ids = torch.arange(start, start + len(mine), device=weight.device)[:, None]
-    for source in range(world_size):
-        source_start, source_stop = shard_range(num_classes, world_size, source)
-        if source == rank:
-            keys = mine
-        else:
-            keys = torch.empty(source_stop - source_start, mine.shape[1], device=weight.device)
-        if group is not None:
-            dist.broadcast(keys, src=dist.get_global_rank(group, source), group=group)
-        if len(keys) == 0:
-            continue
+    found = RunningTopK(len(mine), k, shard_start(num_classes, group), weight.device)
+    for source_start, keys, _ in shards(mine, None, num_classes, group):
         for block in range(0, len(mine), _QUERY_BLOCK):
-            rows = slice(block, block + _QUERY_BLOCK)
-            scores, found = shard_topk(
+            rows = torch.arange(block, min(block + _QUERY_BLOCK, len(mine)), device=mine.device)
+            scores, columns = shard_topk(
                 mine[rows],
                 keys,
                 k + 1,
@@ -59,11 +49,59 @@ def build_knn_graph(
                 chunk_size=chunk_size,
                 matmul_dtype=matmul_dtype,
             )
-            ids = found + source_start
-            scores = scores.masked_fill(ids == own_ids[rows], float("-inf"))
-            merged = torch.cat([best_scores[rows], scores], dim=1)
-            merged_ids = torch.cat([best_ids[rows], ids], dim=1)
-            top, order = merged.topk(k, dim=1)
-            best_scores[rows] = top
-            best_ids[rows] = merged_ids.gather(1, order).masked_fill(top == float("-inf"), -1)
-    return best_ids
+            found.offer(rows, scores, columns + source_start)
+    return found.graph()
+
+
+class RunningTopK:
+    """The best ``k`` neighbours found so far for each of ``num_rows`` classes of this shard."""
+
+    def __init__(self, num_rows: int, k: int, class_start: int, device: torch.device) -> None:
+        self.k, self.class_start = k, class_start
+        self.scores = torch.full((num_rows, k), float("-inf"), device=device)  # [n, k]
+        self.ids = torch.full((num_rows, k), -1, dtype=torch.int32, device=device)  # [n, k]
+
+    def offer(self, rows: torch.Tensor, scores: torch.Tensor, ids: torch.Tensor) -> None:
+        """Candidates for local rows [r]: scores [r, j], global ids [r, j] (the class itself may
+        be among them; it is dropped)."""
+        scores = scores.masked_fill(ids == (rows[:, None] + self.class_start), float("-inf"))
+        merged = torch.cat([self.scores[rows], scores], dim=1)
+        merged_ids = torch.cat([self.ids[rows], ids.to(torch.int32)], dim=1)
+        top, order = merged.topk(self.k, dim=1)
+        self.scores[rows] = top
+        self.ids[rows] = merged_ids.gather(1, order).masked_fill(top == float("-inf"), -1)
+
+    def graph(self) -> torch.Tensor:
+        return self.ids
+
+
+def shard_start(num_classes: int, group: dist.ProcessGroup | None) -> int:
+    rank, world_size = rank_and_size(group)
+    return shard_range(num_classes, world_size, rank)[0]
+
+
+def shards(
+    mine: torch.Tensor,
+    tags: torch.Tensor | None,
+    num_classes: int,
+    group: dist.ProcessGroup | None,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
+    """Every rank's rows in turn: (first global id, rows [C_r, D], tags [C_r] or None).
+
+    ``mine`` [C_local, D] and ``tags`` [C_local] (int64, optional) are this rank's. Collectives on
+    ``group``: for each rank r, a broadcast from r of its rows and (if given) of its tags.
+    """
+    rank, world_size = rank_and_size(group)
+    for source in range(world_size):
+        start, stop = shard_range(num_classes, world_size, source)
+        keys, key_tags = mine, tags
+        if source != rank:
+            keys = mine.new_empty(stop - start, mine.shape[1])
+            key_tags = None if tags is None else tags.new_empty(stop - start)
+        if group is not None:
+            root = dist.get_global_rank(group, source)
+            dist.broadcast(keys, src=root, group=group)
+            if key_tags is not None:
+                dist.broadcast(key_tags, src=root, group=group)
+        if len(keys):
+            yield start, keys, key_tags

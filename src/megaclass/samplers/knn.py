@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -19,11 +20,19 @@ class KNN:
     budget: a fraction of all classes (0 < budget <= 1) or an absolute count (> 1), split over
         the ranks in proportion to their shards. The labels are always kept, even beyond it.
     refresh_every: training steps between rebuilds of the graph (it is built before the first).
+    build: how the graph is built: ``"exact"`` (blocked matrix products, C^2 D work),
+        ``"ivf"`` (approximate, from an inverted-file partition, about C * nprobe * sqrt(C) * D
+        work) or ``"auto"``: exact up to ``EXACT_UP_TO`` classes, IVF beyond.
+    nprobe: IVF lists searched per list (more: better recall, proportionally slower).
     """
+
+    EXACT_UP_TO: ClassVar[int] = 1 << 18  # exact at 2^18 classes, dim 128: ~1 min on 2 cores
 
     k: int = 32
     budget: float = 0.1
     refresh_every: int = 1000
+    build: str = "auto"
+    nprobe: int = 4
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -34,6 +43,14 @@ class KNN:
             )
         if self.refresh_every < 1:
             raise ValueError(f"KNN refresh_every must be >= 1, got {self.refresh_every}")
+        if self.build not in ("auto", "exact", "ivf"):
+            raise ValueError(f"KNN build must be 'auto', 'exact' or 'ivf', got {self.build!r}")
+        if self.nprobe < 1:
+            raise ValueError(f"KNN nprobe must be >= 1, got {self.nprobe}")
+
+    def uses_ivf(self, num_classes: int) -> bool:
+        """Whether the graph of ``num_classes`` classes is built approximately."""
+        return self.build == "ivf" or (self.build == "auto" and num_classes > self.EXACT_UP_TO)
 
     def local_budget(self, num_classes: int, num_local: int) -> int:
         """Classes this shard scores per step."""
