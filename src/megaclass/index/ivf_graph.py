@@ -1,11 +1,12 @@
 """Approximate class KNN graph from an inverted-file (IVF) partition of the classes.
 
 For 10^6 classes and more the exact graph costs C^2 D multiply-adds. Here the normalised class
-weights are partitioned by spherical k-means into ``num_lists`` lists (about sqrt(C)); each
-list's classes search, as one dense block of matrix products, the classes of the ``nprobe``
-lists whose centroids are nearest to their own list's centroid (their own list included). Cost:
-about ``C * nprobe * C / num_lists * D`` multiply-adds. Its recall against the exact graph is
-measured by ``megaclass bench graph``.
+weights are partitioned by spherical k-means into ``num_lists`` lists (about sqrt(C)), each class
+stored in the list of its nearest centroid. Each class searches the lists of its ``nprobe``
+nearest centroids, as in a faiss IndexIVFFlat search; the work is done list by list, so that all
+classes probing a list are scored against its members in one dense block of matrix products.
+Cost: about ``C * nprobe * C / num_lists * D`` multiply-adds. Its recall against the exact graph
+is measured by ``megaclass bench graph``.
 
 Sharded like the exact build: k-means runs on a sample from every shard, each rank
 assigns its own classes to lists, and each rank's shard (rows and list ids) is broadcast in turn.
@@ -53,27 +54,25 @@ def build_ivf_knn_graph(
     generator = torch.Generator().manual_seed(seed)
     centroids = _shared_centroids(weight, num_classes, num_lists, generator, group, matmul_dtype)
     num_lists = len(centroids)
-    my_lists = assign_lists(weight, centroids, matmul_dtype)  # [C_local]
-    nearby = (centroids @ centroids.t()).topk(min(nprobe, num_lists), dim=1).indices  # [L, p]
+    probes = nearest_lists(weight, centroids, min(nprobe, num_lists), matmul_dtype)  # [C_l, p]
+    # Every (class, probed list) pair, sorted by list: the queries of each list.
+    query_rows = torch.arange(len(weight), device=weight.device).repeat_interleave(probes.shape[1])
+    query_order, query_offsets = _by_list(probes.flatten(), num_lists)
+    query_rows = query_rows[query_order]
     found = RunningTopK(len(weight), k, shard_start(num_classes, group), weight.device)
-    my_order, my_offsets = _by_list(my_lists, num_lists)
-    for source_start, keys, key_lists in shards(weight, my_lists, num_classes, group):
+    for source_start, keys, key_lists in shards(weight, probes[:, 0], num_classes, group):
         key_order, key_offsets = _by_list(key_lists, num_lists)
         for lst in range(num_lists):
-            rows = my_order[my_offsets[lst] : my_offsets[lst + 1]]
-            if len(rows) == 0:
+            rows = query_rows[query_offsets[lst] : query_offsets[lst + 1]]
+            columns = key_order[key_offsets[lst] : key_offsets[lst + 1]]
+            if len(rows) == 0 or len(columns) == 0:
                 continue
-            columns = torch.cat(
-                [key_order[key_offsets[p] : key_offsets[p + 1]] for p in nearby[lst].tolist()]
-            )
-            if len(columns) == 0:
-                continue
-            candidates = F.normalize(keys[columns].float(), dim=1)  # [m, D]
+            members = F.normalize(keys[columns].float(), dim=1)  # [m, D]
             for block in range(0, len(rows), _QUERY_BLOCK):
                 queries = rows[block : block + _QUERY_BLOCK]
                 scores, picked = shard_topk(
                     F.normalize(weight[queries].float(), dim=1),
-                    candidates,
+                    members,
                     k + 1,
                     normalize=False,
                     chunk_size=chunk_size,
@@ -96,7 +95,7 @@ def spherical_kmeans(
     pick = torch.randperm(len(points), generator=generator)[:num_lists]
     centroids = points[pick.to(points.device)].clone()
     for _ in range(iterations):
-        assigned = assign_lists(points, centroids, matmul_dtype)
+        assigned = nearest_lists(points, centroids, 1, matmul_dtype)[:, 0]
         sums = torch.zeros_like(centroids).index_add_(0, assigned, points)
         counts = torch.bincount(assigned, minlength=num_lists)
         empty = (counts == 0).nonzero().flatten()
@@ -107,15 +106,19 @@ def spherical_kmeans(
     return centroids
 
 
-def assign_lists(
-    weight: torch.Tensor, centroids: torch.Tensor, matmul_dtype: torch.dtype = torch.float32
+def nearest_lists(
+    weight: torch.Tensor,
+    centroids: torch.Tensor,
+    num_nearest: int,
+    matmul_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Nearest centroid (by cosine) of every row: weight [n, D], centroids [L, D] -> [n] int64."""
-    lists = torch.empty(len(weight), dtype=torch.int64, device=weight.device)
+    """The ``num_nearest`` nearest centroids (by cosine) of every row, nearest first:
+    weight [n, D], centroids [L, D] -> list ids [n, num_nearest] int64."""
+    lists = torch.empty(len(weight), num_nearest, dtype=torch.int64, device=weight.device)
     keys = centroids.to(matmul_dtype)
     for start in range(0, len(weight), _QUERY_BLOCK * 4):
-        block = weight[start : start + _QUERY_BLOCK * 4].float()
-        lists[start : start + len(block)] = (block.to(matmul_dtype) @ keys.t()).argmax(dim=1)
+        block = weight[start : start + _QUERY_BLOCK * 4].to(matmul_dtype)
+        lists[start : start + len(block)] = (block @ keys.t()).topk(num_nearest, dim=1).indices
     return lists
 
 
