@@ -38,8 +38,20 @@ def test_tiny_default_run_end_to_end(tmp_path):
     assert "layers.0.weight" in np.load(tmp_path / "export" / "backbone.npz")
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-    config = load_config(None, [*TINY, "train.steps=12", "checkpoint.every=5", "checkpoint.keep=5"])
+@pytest.mark.parametrize(
+    "head",
+    [
+        [],
+        ["head.sampler='random'", "head.budget=0.2"],
+        ["head.sampler='knn'", "head.budget=0.2", "head.refresh_every=3", "head.knn_k=4"],
+        ["head.sampler='knn'", "head.graph_build='ivf'", "optim.head_optimizer='rowadagrad'"],
+    ],
+    ids=["full-sgd", "random", "knn-exact", "knn-ivf-rowadagrad"],
+)
+def test_resume_equals_uninterrupted(tmp_path, head):
+    config = load_config(
+        None, [*TINY, *head, "train.steps=12", "checkpoint.every=5", "checkpoint.keep=5"]
+    )
     train(config, tmp_path / "whole")
     partial = tmp_path / "partial"
     shutil.copytree(tmp_path / "whole", partial)

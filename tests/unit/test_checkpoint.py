@@ -8,6 +8,7 @@ import torch
 import megaclass
 from megaclass.train.checkpoint import (
     CheckpointError,
+    HeadShard,
     TrainingState,
     checkpoint_dirs,
     latest_checkpoint,
@@ -17,8 +18,15 @@ from megaclass.train.checkpoint import (
 
 
 def _save(run_dir, step, head, keep=3):
-    state = TrainingState(step, {"w": torch.ones(2)}, {"state": {}, "param_groups": []})
-    return save_checkpoint(run_dir, state, head, torch.full_like(head.weight, step), keep)
+    state = TrainingState(
+        step, {"w": torch.ones(2)}, {"state": {}, "param_groups": []}, {"steps_since_graph": 3}
+    )
+    rows = {
+        "optim.momentum_buffer": torch.full_like(head.weight, step),
+        "knn_graph": torch.arange(head.class_range[0], head.class_range[1])[:, None].int(),
+    }
+    shard = HeadShard(rows, head.sampling_generator.get_state())
+    return save_checkpoint(run_dir, state, head, shard, keep)
 
 
 def test_half_written_folders_are_never_loaded(tmp_path):
@@ -36,13 +44,17 @@ def test_only_the_newest_are_kept(tmp_path):
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-00000004", "step-00000005"]
 
 
-def test_weights_and_momentum_round_trip(tmp_path):
+def test_weights_row_state_and_generator_round_trip(tmp_path):
     head = megaclass.ClassifierHead(50, 4, seed=1)
+    head.sampling_generator.manual_seed(123)
     folder = _save(tmp_path, 7, head)
     other = megaclass.ClassifierHead(50, 4, seed=2)
-    state, momentum = load_checkpoint(folder, other)
+    state, shard = load_checkpoint(folder, other)
     assert state.step == 7 and torch.equal(other.weight, head.weight)
-    assert torch.equal(momentum, torch.full_like(head.weight, 7))
+    assert state.head == {"steps_since_graph": 3}
+    assert torch.equal(shard.rows["optim.momentum_buffer"], torch.full_like(head.weight, 7))
+    assert torch.equal(shard.rows["knn_graph"], torch.arange(50)[:, None].int())
+    assert torch.equal(shard.generator, head.sampling_generator.get_state())
 
 
 def test_mismatched_and_unknown_checkpoints_are_refused(tmp_path):

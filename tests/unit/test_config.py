@@ -33,6 +33,11 @@ def test_resolved_config_round_trips_through_toml():
         (["train=3"], "train must be a section"),
         (["optim.momentum=1.0"], "optim.momentum must be in"),
         (["steps"], "--set expects key=value"),
+        (["head.sampler=hnsw"], "head.sampler must be one of full, random, knn"),
+        (["head.sampler=random", "head.budget=5000"], "head.budget must be in \\(0, 1\\]"),
+        (["head.budget=0"], "head.budget must be > 0"),
+        (["head.graph_build=lsh"], "head.graph_build must be one of auto, exact, ivf"),
+        (["optim.head_optimizer=adam"], "optim.head_optimizer must be one of sgd, rowadagrad"),
     ],
 )
 def test_mistakes_say_what_is_allowed(overrides, message):

@@ -111,9 +111,9 @@ class ClassifierHead(nn.Module):
             _initial_rows(start, stop, embedding_dim, seed).to(device=device, dtype=dtype)
         )
         # Class sampling: the same draws for the same (seed, rank) in every run.
-        self._sampling = torch.Generator().manual_seed(seed * 1_000_003 + self.rank)
+        self.sampling_generator = torch.Generator().manual_seed(seed * 1_000_003 + self.rank)
         self.knn_graph: torch.Tensor | None = None  # [num_local, k] int32 global ids (KNN only)
-        self._steps_since_graph = 0
+        self.steps_since_graph = 0
 
     @property
     def num_local(self) -> int:
@@ -162,7 +162,7 @@ class ClassifierHead(nn.Module):
         if isinstance(self.sampler, KNN):
             active = self._knn_rows(positives)
         else:
-            active = self.sampler.select(positives, self.num_local, self._sampling)
+            active = self.sampler.select(positives, self.num_local, self.sampling_generator)
         total = torch.tensor([len(active)], dtype=torch.int64, device=self.weight.device)
         if self.process_group is not None:
             dist.all_reduce(total, group=self.process_group)
@@ -178,7 +178,7 @@ class ClassifierHead(nn.Module):
         else:
             build = functools.partial(build_knn_graph, **settings)
         self.knn_graph = build(self.weight, self.num_classes, self.sampler.k, self.process_group)
-        self._steps_since_graph = 0
+        self.steps_since_graph = 0
 
     def _knn_rows(self, positives: torch.Tensor) -> torch.Tensor:
         """Labels + graph neighbours of every label of the batch, fitted to the budget.
@@ -186,16 +186,21 @@ class ClassifierHead(nn.Module):
         Collectives on ``process_group``: an all_gather of one int and one of the neighbour
         lists [labels owned, k] of every rank; graph rebuilds as in ``build_knn_graph``.
         """
-        if self.knn_graph is None or self._steps_since_graph >= self.sampler.refresh_every:
+        if self.knn_graph is None or self.steps_since_graph >= self.sampler.refresh_every:
             self.rebuild_knn_graph()
         if torch.is_grad_enabled():
-            self._steps_since_graph += 1
+            self.steps_since_graph += 1
         mine = self.knn_graph[positives].long()  # [n_own, k]
         sizes = [n for (n,) in all_gather_ints([len(mine)], self.process_group)]
         neighbours = gather_rows(mine, sizes, self.process_group)  # [n_all, k]
         budget = self.sampler.local_budget(self.num_classes, self.num_local)
         return self.sampler.select(
-            positives, neighbours, self.class_range[0], self.num_local, budget, self._sampling
+            positives,
+            neighbours,
+            self.class_range[0],
+            self.num_local,
+            budget,
+            self.sampling_generator,
         )
 
     @torch.no_grad()

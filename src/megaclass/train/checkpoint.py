@@ -3,12 +3,16 @@
 Layout of ``RUN_DIR/checkpoints/step-00000100/``:
 - ``meta.json``: step, world size, number of classes, the class range of every shard;
 - ``common.pt``: backbone and backbone-optimizer state (identical on every rank; rank 0 writes it);
-- ``head-00001-of-00003.pt``: one per rank: its class range, weight rows and momentum rows.
+- ``head-00001-of-00003.pt``: one per rank: its class range, weight rows, every other per-class
+  row state (optimizer state such as momentum or AdaGrad accumulators, the KNN graph), keyed by
+  name, and the rank's sampling generator.
 
 All ranks write into ``step-00000100.tmp``; once every rank is done, rank 0 writes ``meta.json``
 and renames the folder. A crash at any point leaves the previous complete checkpoint untouched;
 folders without ``meta.json`` or still named ``.tmp`` are never loaded. Loading at another world
-size copies each rank's class rows out of whichever saved shards hold them.
+size copies each rank's class rows (weights and row state alike) out of whichever saved shards
+hold them. The sampling generator is restored only at the same world size (at another one each
+rank keeps its fresh generator: the run continues exactly, but not bit for bit).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch.distributed as dist
 
 from megaclass.heads import ClassifierHead
 
-_FORMAT = 1
+_FORMAT = 2
 
 
 class CheckpointError(ValueError):
@@ -33,11 +37,21 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class TrainingState:
-    """What a checkpoint holds besides the head: the step to continue from and replicated state."""
+    """What a checkpoint holds besides the head rows: the step and replicated state."""
 
     step: int
     backbone: dict
     backbone_optimizer: dict
+    head: dict  # replicated head state: ClassifierHead.sampling_state() less its generator
+
+
+@dataclass(frozen=True)
+class HeadShard:
+    """This rank's per-class state: rows named like ``"optim.momentum_buffer"``, each
+    [num_local, ...] (the weights themselves live in the head), and its sampling generator."""
+
+    rows: dict[str, torch.Tensor]
+    generator: torch.Tensor | None = None
 
 
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
@@ -53,7 +67,7 @@ def save_checkpoint(
     run_dir: str | Path,
     state: TrainingState,
     head: ClassifierHead,
-    head_momentum: torch.Tensor | None,
+    shard: HeadShard,
     keep: int,
 ) -> Path:
     """Write a checkpoint of ``state`` and this rank's head shard; collective over the head's group.
@@ -67,14 +81,19 @@ def save_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     _barrier(group)
-    shard = {
+    saved = {
         "class_range": head.class_range,
         "weight": head.weight.detach().cpu(),
-        "momentum": None if head_momentum is None else head_momentum.cpu(),
+        "rows": {name: rows.cpu() for name, rows in shard.rows.items()},
+        "generator": shard.generator,
     }
-    _save(shard, staging / _shard_name(rank, world_size))
+    _save(saved, staging / _shard_name(rank, world_size))
     if rank == 0:
-        common = {"backbone": state.backbone, "backbone_optimizer": state.backbone_optimizer}
+        common = {
+            "backbone": state.backbone,
+            "backbone_optimizer": state.backbone_optimizer,
+            "head": state.head,
+        }
         _save(common, staging / "common.pt")
     _barrier(group)
     if rank == 0:
@@ -94,11 +113,9 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(
-    folder: str | Path, head: ClassifierHead
-) -> tuple[TrainingState, torch.Tensor | None]:
+def load_checkpoint(folder: str | Path, head: ClassifierHead) -> tuple[TrainingState, HeadShard]:
     """Load a checkpoint folder into ``head`` (any world size); returns the rest of the state and
-    this rank's momentum rows (None if the run had no momentum)."""
+    this rank's row state (on the head's device)."""
     folder = Path(folder)
     meta = _read_meta(folder)
     if meta["num_classes"] != head.num_classes or meta["embedding_dim"] != head.embedding_dim:
@@ -108,18 +125,21 @@ def load_checkpoint(
         )
     start, stop = head.class_range
     weight = torch.empty(stop - start, head.embedding_dim)
-    momentum: torch.Tensor | None = None
+    rows: dict[str, torch.Tensor] = {}
+    generator = None
     for saved_rank in range(meta["world_size"]):
         shard = read_file(folder / _shard_name(saved_rank, meta["world_size"]), mmap=True)
+        if meta["world_size"] == head.world_size and saved_rank == head.rank:
+            generator = shard["generator"]
         lo, hi = shard["class_range"]
         a, b = max(lo, start), min(hi, stop)
         if a >= b:
             continue
         weight[a - start : b - start] = shard["weight"][a - lo : b - lo]
-        if shard["momentum"] is not None:
-            if momentum is None:
-                momentum = torch.zeros_like(weight)
-            momentum[a - start : b - start] = shard["momentum"][a - lo : b - lo]
+        for name, saved in shard["rows"].items():
+            if name not in rows:
+                rows[name] = saved.new_zeros((stop - start, *saved.shape[1:]))
+            rows[name][a - start : b - start] = saved[a - lo : b - lo]
     with torch.no_grad():
         head.weight.copy_(weight)
     common = read_file(folder / "common.pt", mmap=False)
@@ -127,10 +147,10 @@ def load_checkpoint(
         step=meta["step"],
         backbone=common["backbone"],
         backbone_optimizer=common["backbone_optimizer"],
+        head=common["head"],
     )
-    if momentum is not None:
-        momentum = momentum.to(head.weight.device)
-    return state, momentum
+    rows = {name: tensor.to(head.weight.device) for name, tensor in rows.items()}
+    return state, HeadShard(rows, generator)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:

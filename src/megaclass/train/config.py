@@ -18,6 +18,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 MARGINS = ("softmax", "normsoftmax", "cosface", "arcface", "combined")
 MATMUL_DTYPES = ("fp32", "bf16")
+SAMPLERS = ("full", "random", "knn")
+HEAD_OPTIMIZERS = ("sgd", "rowadagrad")
 
 
 @dataclass
@@ -75,23 +77,39 @@ class HeadConfig:
     m1: float = 1.0
     m2: float = 0.3
     m3: float = 0.2
-    sampler: str = "full"
+    sampler: str = "full"  # "full", "random" (Partial FC) or "knn" (KNN softmax)
+    budget: float = 0.1  # random, knn: active classes, a fraction (<= 1) or a count (knn only)
+    knn_k: int = 32  # knn: neighbours per class in the graph
+    refresh_every: int = 100  # knn: steps between graph rebuilds
+    graph_build: str = "auto"  # knn: "exact", "ivf" or "auto" (exact up to 2^18 classes)
+    nprobe: int = 4  # knn with an IVF graph: lists each class searches
     chunk_size: int = 8192
     matmul_dtype: str = "bf16"
 
     def __post_init__(self) -> None:
         _choice("head.margin", self.margin, MARGINS)
-        _choice("head.sampler", self.sampler, ("full",))
+        _choice("head.sampler", self.sampler, SAMPLERS)
+        if self.sampler == "random" and not 0 < self.budget <= 1:
+            raise ValueError(f"head.budget must be in (0, 1] for sampler random, got {self.budget}")
+        if not self.budget > 0:
+            raise ValueError(f"head.budget must be > 0, got {self.budget}")
+        _at_least("head.knn_k", self.knn_k, 1)
+        _at_least("head.refresh_every", self.refresh_every, 1)
+        _choice("head.graph_build", self.graph_build, ("auto", "exact", "ivf"))
+        _at_least("head.nprobe", self.nprobe, 1)
         _choice("head.matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)
         _at_least("head.chunk_size", self.chunk_size, 1)
 
 
 @dataclass
 class OptimConfig:
-    """SGD with momentum for backbone and head, linear warm-up then cosine decay."""
+    """SGD with momentum for the backbone; for the head, row-sparse SGD with momentum or row-wise
+    AdaGrad (4 bytes of state per class instead of a copy of the weights). Linear warm-up, then
+    cosine decay."""
 
     lr: float = 0.2
     head_lr: float = 0.0  # 0: same as lr
+    head_optimizer: str = "sgd"  # "sgd" (SparseSGD with momentum) or "rowadagrad"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_steps: int = 20
@@ -100,6 +118,7 @@ class OptimConfig:
         if not self.lr > 0:
             raise ValueError(f"optim.lr must be > 0, got {self.lr}")
         _at_least("optim.head_lr", self.head_lr, 0.0)
+        _choice("optim.head_optimizer", self.head_optimizer, HEAD_OPTIMIZERS)
         if not 0 <= self.momentum < 1:
             raise ValueError(f"optim.momentum must be in [0, 1), got {self.momentum}")
         _at_least("optim.weight_decay", self.weight_decay, 0.0)

@@ -17,12 +17,15 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from megaclass import samplers
 from megaclass.data import FeatureFiles, SyntheticCatalog
 from megaclass.distributed import shard_range
 from megaclass.functional import margins
 from megaclass.heads import ClassifierHead
 from megaclass.models import build_backbone
+from megaclass.optim import RowAdaGrad, SparseSGD
 from megaclass.train.checkpoint import (
+    HeadShard,
     TrainingState,
     latest_checkpoint,
     load_checkpoint,
@@ -105,6 +108,7 @@ def build_model(config: RunConfig, group: dist.ProcessGroup | None) -> Model:
         dataset.num_classes,
         config.model.embedding_dim,
         margin=build_margin(config),
+        sampler=build_sampler(config),
         process_group=group,
         chunk_size=config.head.chunk_size,
         matmul_dtype=_MATMUL_DTYPES[config.head.matmul_dtype],
@@ -130,19 +134,13 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
         momentum=opt.momentum,
         weight_decay=opt.weight_decay,
     )
-    head_optimizer = torch.optim.SGD(
-        [model.head.weight],
-        lr=opt.head_lr or opt.lr,
-        momentum=opt.momentum,
-        weight_decay=opt.weight_decay,
-    )
+    head_optimizer = build_head_optimizer(config, model.head)
     start = 0
     if resume:
-        state, momentum = load_checkpoint(latest_checkpoint(run_dir), model.head)
+        state, shard = load_checkpoint(latest_checkpoint(run_dir), model.head)
         _unwrap(model.backbone).load_state_dict(state.backbone)
         backbone_optimizer.load_state_dict(state.backbone_optimizer)
-        if momentum is not None:
-            head_optimizer.state[model.head.weight]["momentum_buffer"] = momentum
+        _restore_head(model.head, head_optimizer, state, shard)
         start = state.step
     elif rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -151,10 +149,13 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
 
     def checkpoint(step: int) -> Path:
         state = TrainingState(
-            step, _unwrap(model.backbone).state_dict(), backbone_optimizer.state_dict()
+            step,
+            _unwrap(model.backbone).state_dict(),
+            backbone_optimizer.state_dict(),
+            {"steps_since_graph": model.head.steps_since_graph},
         )
-        momentum = head_optimizer.state.get(model.head.weight, {}).get("momentum_buffer")
-        return save_checkpoint(run_dir, state, model.head, momentum, config.checkpoint.keep)
+        shard = _head_shard(model.head, head_optimizer)
+        return save_checkpoint(run_dir, state, model.head, shard, config.checkpoint.keep)
 
     steps, batch = config.train.steps, config.train.batch_size
     progress = Progress(steps, start, config.train.log_every, enabled=rank0)
@@ -289,6 +290,52 @@ def build_margin(config: RunConfig):
         "arcface": lambda: margins.ArcFace(head.scale, head.margin_value),
         "combined": lambda: margins.CombinedMargin(head.scale, head.m1, head.m2, head.m3),
     }[head.margin]()
+
+
+def build_sampler(config: RunConfig) -> samplers.Sampler:
+    """The sampler named by ``config.head``."""
+    head = config.head
+    if head.sampler == "random":
+        return samplers.Random(head.budget)
+    if head.sampler == "knn":
+        return samplers.KNN(
+            head.knn_k, head.budget, head.refresh_every, head.graph_build, head.nprobe
+        )
+    return samplers.Full()
+
+
+def build_head_optimizer(config: RunConfig, head: ClassifierHead) -> torch.optim.Optimizer:
+    """Row-sparse: with a sampler it touches only the active rows (see ``megaclass.optim``)."""
+    opt = config.optim
+    if opt.head_optimizer == "rowadagrad":
+        return RowAdaGrad(head, lr=opt.head_lr or opt.lr, weight_decay=opt.weight_decay)
+    return SparseSGD(
+        head, lr=opt.head_lr or opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay
+    )
+
+
+def _head_shard(head: ClassifierHead, optimizer: torch.optim.Optimizer) -> HeadShard:
+    """This rank's per-class state for a checkpoint: optimizer rows, KNN graph, generator."""
+    state = optimizer.state.get(head.weight, {})
+    rows = {
+        f"optim.{name}": value
+        for name, value in state.items()
+        if torch.is_tensor(value) and value.dim() >= 1 and len(value) == head.num_local
+    }
+    if head.knn_graph is not None:
+        rows["knn_graph"] = head.knn_graph
+    return HeadShard(rows, head.sampling_generator.get_state())
+
+
+def _restore_head(head, optimizer, state: TrainingState, shard: HeadShard) -> None:
+    for name, rows in shard.rows.items():
+        if name.startswith("optim."):
+            optimizer.state[head.weight][name.removeprefix("optim.")] = rows
+        elif name == "knn_graph":
+            head.knn_graph = rows
+    head.steps_since_graph = state.head["steps_since_graph"]
+    if shard.generator is not None:
+        head.sampling_generator.set_state(shard.generator)
 
 
 def _lr_scale(step: int, steps: int, warmup: int) -> float:
