@@ -64,12 +64,26 @@ def _parser() -> argparse.ArgumentParser:
     heads.add_argument("--num-classes", type=int, default=100_000)
     heads.add_argument("--dim", type=int, default=128)
     heads.add_argument("--batch", type=int, default=1024)
-    heads.add_argument("--heads", default="naive,full", help="comma-separated: naive, full")
+    heads.add_argument(
+        "--heads", default="naive,full", help="comma-separated: naive, full, random, knn"
+    )
     heads.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     heads.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     heads.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     heads.add_argument("--margin", default="softmax", choices=["softmax", "cosface", "arcface"])
     heads.add_argument("--chunk-size", type=int, default=4096, help="classes per chunk (full)")
+    heads.add_argument(
+        "--budget", type=float, default=0.1, help="random, knn: fraction (<= 1) or count"
+    )
+    heads.add_argument("--knn-k", type=int, default=32, help="knn: graph neighbours per class")
+    heads.add_argument(
+        "--refresh-every", type=int, default=1000, help="knn: steps per graph rebuild"
+    )
+    heads.add_argument("--graph-build", default="auto", choices=["auto", "exact", "ivf"])
+    heads.add_argument("--nprobe", type=int, default=4, help="knn, ivf graph: lists per class")
+    heads.add_argument(
+        "--optimizer", default="sgd", choices=["sgd", "rowadagrad"], help="random, knn"
+    )
     heads.add_argument("--threads", type=int, default=None, help="torch threads per head")
     heads.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     heads.add_argument("--json", default=None, metavar="OUT", help="write the records here")
@@ -90,6 +104,12 @@ def _bench_heads(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         margin=args.margin,
         chunk_size=args.chunk_size,
+        budget=args.budget,
+        knn_k=args.knn_k,
+        refresh_every=args.refresh_every,
+        graph_build=args.graph_build,
+        nprobe=args.nprobe,
+        optimizer=args.optimizer,
         threads=args.threads,
         device=args.device,
     )

@@ -9,6 +9,11 @@ Heads:
 - ``naive``: ``nn.Linear(dim, num_classes, bias=False)`` + ``F.cross_entropy`` +
   ``torch.optim.SGD``: the plain PyTorch baseline; bf16 runs it under ``torch.autocast``.
 - ``full``: ``ClassifierHead`` with the exact chunked softmax, same optimizer.
+- ``random``: ``ClassifierHead`` with ``Random(budget)`` (Partial FC), row-sparse gradient and a
+  row-sparse optimizer (``--optimizer``: SparseSGD with momentum or RowAdaGrad).
+- ``knn``: ``ClassifierHead`` with ``KNN(k, budget)``, same optimizer. The class graph is built
+  once before the timed steps; its build time is recorded (``graph_build_s``) with its cost per
+  step amortised over ``refresh_every`` steps, apart from ``ms_per_step``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from torch import nn
 from megaclass.bench.machine import machine_info
 from megaclass.functional import margins
 
-HEADS = ("naive", "full")
+HEADS = ("naive", "full", "random", "knn")
+OPTIMIZERS = ("sgd", "rowadagrad")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MARGINS = {
     "softmax": margins.Softmax,
@@ -49,6 +55,12 @@ class HeadBenchConfig:
     dtype: str = "fp32"
     margin: str = "softmax"
     chunk_size: int = 4096
+    budget: float = 0.1  # random, knn: fraction of the classes (<= 1) or a count (knn)
+    knn_k: int = 32
+    refresh_every: int = 1000  # knn: only for the amortised graph cost
+    graph_build: str = "auto"  # knn: auto, exact or ivf
+    nprobe: int = 4  # knn, ivf graph
+    optimizer: str = "sgd"  # random, knn
     threads: int | None = None
     device: str = "cpu"
     seed: int = 0
@@ -59,6 +71,10 @@ class HeadBenchConfig:
             raise ValueError(f"unknown heads {unknown}; available: {', '.join(HEADS)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if "random" in self.heads and not 0 < self.budget <= 1:
+            raise ValueError(f"random needs a budget in (0, 1], got {self.budget}")
         if self.margin not in MARGINS:
             raise ValueError(f"margin must be one of {', '.join(MARGINS)}, got {self.margin!r}")
         for name in ("num_classes", "dim", "batch", "steps", "chunk_size"):
@@ -77,7 +93,7 @@ def run_heads(config: HeadBenchConfig, log: Callable[[str], None] = print) -> li
         log(f"timing {head} at {config.num_classes:,} classes ({config.steps} steps) ...")
         with context.Pool(1, maxtasksperchild=1) as pool:
             record = pool.apply(_measure_head, (config, head))
-        step_flops = 6 * config.batch * config.num_classes * config.dim
+        step_flops = 6 * config.batch * record["num_active"] * config.dim
         record["gemm_efficiency"] = step_flops / (record["ms_per_step"] / 1e3) / gemm_flops
         record["reference_gemm_gflops"] = gemm_flops / 1e9
         records.append(record)
@@ -88,14 +104,16 @@ def format_table(records: list[dict]) -> str:
     """A readable comparison, ratios against the first head (the baseline)."""
     base = records[0]
     lines = [
-        f"{'head':8} {'classes':>11} {'dtype':>5} {'ms/step':>9} {'x base':>7} "
-        f"{'peak MB':>9} {'x base':>7} {'gemm eff':>8}"
+        f"{'head':8} {'classes':>11} {'active':>11} {'dtype':>5} {'ms/step':>9} {'x base':>7} "
+        f"{'peak MB':>9} {'x base':>7} {'gemm eff':>8} {'graph s':>8}"
     ]
     for r in records:
+        graph = f"{r['graph_build_s']:>8.1f}" if "graph_build_s" in r else f"{'-':>8}"
         lines.append(
-            f"{r['head']:8} {r['num_classes']:>11,} {r['dtype']:>5} {r['ms_per_step']:>9.1f} "
-            f"{r['ms_per_step'] / base['ms_per_step']:>7.2f} {r['peak_rss_mb']:>9.0f} "
-            f"{r['peak_rss_mb'] / base['peak_rss_mb']:>7.2f} {r['gemm_efficiency']:>8.2f}"
+            f"{r['head']:8} {r['num_classes']:>11,} {r['num_active']:>11,} {r['dtype']:>5} "
+            f"{r['ms_per_step']:>9.1f} {r['ms_per_step'] / base['ms_per_step']:>7.2f} "
+            f"{r['peak_rss_mb']:>9.0f} {r['peak_rss_mb'] / base['peak_rss_mb']:>7.2f} "
+            f"{r['gemm_efficiency']:>8.2f} {graph}"
         )
     machine = records[0]["machine"]
     lines.append(
@@ -134,7 +152,10 @@ def _measure_head(config: HeadBenchConfig, head: str) -> dict:
     device = torch.device(config.device)
     embeddings = torch.randn(config.batch, config.dim, device=device, requires_grad=True)
     labels = torch.randint(0, config.num_classes, (config.batch,), device=device)
-    step = _naive_step(config, device) if head == "naive" else _full_step(config, device)
+    extra: dict = {}
+    step = (
+        _naive_step(config, device) if head == "naive" else _head_step(config, head, device, extra)
+    )
     times = []
     for _ in range(config.warmup + config.steps):
         times.append(_timed(lambda: step(embeddings, labels), device))
@@ -145,8 +166,9 @@ def _measure_head(config: HeadBenchConfig, head: str) -> dict:
         "batch": config.batch,
         "dtype": config.dtype,
         "margin": config.margin if head != "naive" else "softmax",
-        "num_active": config.num_classes,
+        "num_active": extra.pop("num_active", config.num_classes),
         "ms_per_step": statistics.median(times[config.warmup :]) * 1e3,
+        **extra,
         "step_ms_all": [t * 1e3 for t in times],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "config": {k: v for k, v in asdict(config).items() if k != "heads"},
@@ -173,26 +195,49 @@ def _naive_step(config: HeadBenchConfig, device: torch.device):
     return step
 
 
-def _full_step(config: HeadBenchConfig, device: torch.device):
+def _head_step(config: HeadBenchConfig, head_name: str, device: torch.device, extra: dict):
+    """A step of ``ClassifierHead`` with the sampler of ``head_name``; fills ``extra`` with the
+    active class count after each step and, for knn, the graph build time."""
+    from megaclass import samplers
     from megaclass.heads import ClassifierHead
+    from megaclass.optim import RowAdaGrad, SparseSGD
 
-    margin = MARGINS[config.margin]()
+    sampler = {
+        "full": samplers.Full,
+        "random": lambda: samplers.Random(config.budget),
+        "knn": lambda: samplers.KNN(
+            config.knn_k, config.budget, config.refresh_every, config.graph_build, config.nprobe
+        ),
+    }[head_name]()
     head = ClassifierHead(
         config.num_classes,
         config.dim,
-        margin=margin,
+        margin=MARGINS[config.margin](),
+        sampler=sampler,
         chunk_size=config.chunk_size,
         matmul_dtype=DTYPES[config.dtype],
         seed=config.seed,
         device=device,
     )
-    optimizer = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
+    if head_name == "full":
+        optimizer = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
+    elif config.optimizer == "rowadagrad":
+        optimizer = RowAdaGrad(head, lr=0.1)
+    else:
+        optimizer = SparseSGD(head, lr=0.1, momentum=0.9)
+    if head_name == "knn":
+        seconds = _timed(head.rebuild_knn_graph, device)
+        extra["graph_build_s"] = seconds
+        extra["graph_build"] = "ivf" if sampler.uses_ivf(config.num_classes) else "exact"
+        extra["graph_ms_per_step_amortised"] = seconds * 1e3 / config.refresh_every
 
     def step(embeddings, labels):
         optimizer.zero_grad(set_to_none=True)
         embeddings.grad = None
-        head(embeddings, labels).loss.backward()
+        out = head(embeddings, labels)
+        out.loss.backward()
         optimizer.step()
+        extra["num_active"] = out.num_active
 
     return step
 

@@ -26,7 +26,7 @@ class KNN:
     nprobe: IVF lists searched per list (more: better recall, proportionally slower).
     """
 
-    EXACT_UP_TO: ClassVar[int] = 1 << 18  # exact at 2^18 classes, dim 128: ~1 min on 2 cores
+    EXACT_UP_TO: ClassVar[int] = 1 << 17  # exact, 10^5 classes, dim 128, bf16: 29 s on 2 cores
 
     k: int = 32
     budget: float = 0.1

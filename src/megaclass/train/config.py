@@ -81,7 +81,7 @@ class HeadConfig:
     budget: float = 0.1  # random, knn: active classes, a fraction (<= 1) or a count (knn only)
     knn_k: int = 32  # knn: neighbours per class in the graph
     refresh_every: int = 100  # knn: steps between graph rebuilds
-    graph_build: str = "auto"  # knn: "exact", "ivf" or "auto" (exact up to 2^18 classes)
+    graph_build: str = "auto"  # knn: "exact", "ivf" or "auto" (exact up to 2^17 classes)
     nprobe: int = 4  # knn with an IVF graph: lists each class searches
     chunk_size: int = 8192
     matmul_dtype: str = "bf16"
