@@ -17,6 +17,7 @@ from megaclass.heads.sharded_cross_entropy import ShardSpec, sharded_cross_entro
 from megaclass.index import build_ivf_knn_graph, build_knn_graph
 from megaclass.samplers import KNN, Full, Random, Sampler
 
+_KEPT_LOGITS_MAX = 1 << 27  # elements (512 MB in fp32) of sampled logits kept for backward
 _INIT_STD = 0.01
 _INIT_BLOCK = 1 << 16  # rows drawn per seeded block, so a shard's init is independent of world size
 
@@ -142,12 +143,19 @@ class ClassifierHead(nn.Module):
             margin=self.margin,
             group=self.process_group,
             ignore_index=self.ignore_index,
-            chunk_size=self.chunk_size,
+            chunk_size=self._chunk_size_for(len(queries), active_rows),
             matmul_dtype=self.matmul_dtype,
             active_rows=active_rows,
         )
         loss = sharded_cross_entropy(queries, self.weight, all_labels, spec)
         return HeadOutput(loss=loss, num_active=num_active)
+
+    def _chunk_size_for(self, batch: int, active_rows: torch.Tensor | None) -> int | None:
+        """A sampled step keeps its logits for backward when they are small enough (no recompute:
+        3 matrix products instead of 4); the full softmax always streams in chunks."""
+        if active_rows is not None and batch * len(active_rows) <= _KEPT_LOGITS_MAX:
+            return None
+        return self.chunk_size
 
     def _active_rows(self, all_labels: torch.Tensor) -> tuple[torch.Tensor | None, int]:
         """This shard's sampled rows (None: all) and the number of active classes of all ranks.

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Reproduces benchmarks/results/knn-*.json and knn.md (issue 4 targets), 2 threads, dim 128,
+# batch 1024:
+#  1. 1,000,000 classes, 10% budget: naive, full, random, knn; fp32 and bf16 (~15 minutes);
+#  2. a fixed budget of 50,000 active classes: knn at 100,000 and 10,000,000 classes, with
+#     RowAdaGrad and with SparseSGD (momentum), peak memory included (~25 minutes; the 10^7 graph
+#     is built with nprobe 1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=benchmarks/results
+common=(--dim 128 --batch 1024 --threads 2 --steps 3)
+for dtype in fp32 bf16; do
+  megaclass bench heads "${common[@]}" --num-classes 1000000 --dtype "$dtype" \
+    --heads naive,full,random,knn --budget 0.1 --json "$out/knn-1000000-${dtype}.json"
+done
+for optimizer in rowadagrad sgd; do
+  for classes in 100000 10000000; do
+    megaclass bench heads "${common[@]}" --num-classes "$classes" --dtype bf16 --heads knn \
+      --budget 50000 --nprobe 1 --optimizer "$optimizer" \
+      --json "$out/knn-fixed-${classes}-${optimizer}.json"
+  done
+done
+python benchmarks/summarize_knn.py "$out" > "$out/knn.md"
