@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from megaclass.optim import RowAdaGrad
+from megaclass.optim import RowAdaGrad, SparseSGD
 from megaclass.samplers.uniform import fill_uniform
 
 
@@ -71,3 +71,17 @@ def test_fill_uniform_draws_every_other_row_equally_often():
     expected = trials * 5 / 99  # ~202 per row
     assert counts[5] == trials
     assert float((others - expected).abs().max()) < 5 * expected**0.5
+
+
+@pytest.mark.parametrize(
+    "make", [lambda p: RowAdaGrad([p], lr=0.1), lambda p: SparseSGD([p], lr=0.1)]
+)
+def test_uncoalesced_gradients_with_repeated_rows_are_summed(make):
+    values = torch.arange(12.0).view(3, 4)
+    rows = torch.tensor([[3, 1, 3]])
+    a, b = torch.nn.Parameter(torch.ones(5, 4)), torch.nn.Parameter(torch.ones(5, 4))
+    a.grad = torch.sparse_coo_tensor(rows, values, (5, 4), check_invariants=True)
+    b.grad = a.grad.coalesce()
+    make(a).step()
+    make(b).step()
+    assert torch.equal(a.detach(), b.detach()) and not torch.equal(a.detach(), torch.ones(5, 4))

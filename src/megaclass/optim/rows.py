@@ -46,9 +46,13 @@ def touched_rows(
     """
     if not grad.is_sparse:
         return None, grad, param
-    grad = grad.coalesce()
-    rows = grad.indices()[0]
-    return rows, grad.values(), param.index_select(0, rows)
+    rows = grad._indices()[0]
+    # Autograd drops the "coalesced" flag of the head's gradient, whose rows are sorted and
+    # distinct already: check that in O(n) rather than sorting again (35 ms at 10^5 rows).
+    if not grad.is_coalesced() and not bool((rows[1:] > rows[:-1]).all()):
+        grad = grad.coalesce()
+        rows = grad._indices()[0]
+    return rows, grad._values(), param.index_select(0, rows)
 
 
 def read_rows(tensor: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
