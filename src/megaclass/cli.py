@@ -88,7 +88,44 @@ def _parser() -> argparse.ArgumentParser:
     heads.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     heads.add_argument("--json", default=None, metavar="OUT", help="write the records here")
     heads.set_defaults(run=_bench_heads)
+    graph = bench.add_parser(
+        "graph",
+        help="build time and recall@k of the class KNN graph builds (exact, IVF)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    graph.add_argument("--num-classes", type=int, default=100_000)
+    graph.add_argument("--dim", type=int, default=128)
+    graph.add_argument("--k", type=int, default=32, help="neighbours per class")
+    graph.add_argument("--nprobe", default="1,2,4,8", help="comma-separated IVF nprobe values")
+    graph.add_argument(
+        "--no-exact", action="store_true", help="skip timing the exact build (C^2 D work)"
+    )
+    graph.add_argument("--queries", type=int, default=2000, help="classes whose recall is measured")
+    graph.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"], help="build products")
+    graph.add_argument("--threads", type=int, default=None)
+    graph.add_argument("--json", default=None, metavar="OUT", help="write the records here")
+    graph.set_defaults(run=_bench_graph)
     return parser
+
+
+def _bench_graph(args: argparse.Namespace) -> int:
+    from megaclass.bench import graph as bench_graph
+
+    config = bench_graph.GraphBenchConfig(
+        num_classes=args.num_classes,
+        dim=args.dim,
+        k=args.k,
+        nprobes=tuple(int(p) for p in args.nprobe.split(",") if p),
+        exact=not args.no_exact,
+        queries=args.queries,
+        dtype=args.dtype,
+        threads=args.threads,
+    )
+    records = bench_graph.run_graph_bench(config, log=lambda line: print(line, flush=True))
+    print(bench_graph.format_table(records))
+    if args.json:
+        bench_graph.write_json(records, args.json)
+    return 0
 
 
 def _bench_heads(args: argparse.Namespace) -> int:

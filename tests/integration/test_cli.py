@@ -60,3 +60,32 @@ def test_bad_arguments_are_reported_without_a_traceback():
     assert "unknown heads ['bogus']" in result.stderr and "Traceback" not in result.stderr
     result = _megaclass("bench", "heads", "--num-classes", "0")
     assert result.returncode == 2 and "num_classes must be >= 1" in result.stderr
+
+
+def test_bench_graph_reports_recall_against_brute_force(tmp_path):
+    """Probing every list makes the IVF build exact, so its recall, like the exact build's
+    (both fp32 here), is 1 up to ties; one probe finds fewer."""
+    out = tmp_path / "graph.json"
+    result = _megaclass(
+        "bench", "graph", "--num-classes", "900", "--dim", "16", "--k", "8",
+        "--nprobe", "1,30", "--queries", "200", "--dtype", "fp32", "--threads", "1",
+        "--json", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = json.loads(out.read_text())
+    assert [(r["build"], r["nprobe"]) for r in records] == [
+        ("exact", None),
+        ("ivf", 1),
+        ("ivf", 30),
+    ]
+    exact, one_probe, all_lists = records
+    for r in (exact, all_lists):
+        assert r["recall@1"] >= 0.99 and r["recall@8"] >= 0.99
+    assert one_probe["recall@8"] < all_lists["recall@8"]
+    assert all(r["build_s"] > 0 for r in records)
+    assert "recall@8" in result.stdout
+
+
+def test_bench_graph_rejects_bad_nprobe():
+    result = _megaclass("bench", "graph", "--nprobe", "0")
+    assert result.returncode == 2 and "nprobe values must be >= 1" in result.stderr
