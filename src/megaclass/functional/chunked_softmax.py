@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from megaclass.functional.margins import Margin
+from megaclass.functional.topk import row_topk
 
 _NORM_EPS = 1e-12  # as F.normalize
 _LOG2E = 1.4426950408889634  # base-2 logit = natural logit * log2(e)
@@ -253,7 +254,7 @@ def shard_topk(
     for start, stop in _chunks(num_classes, step):
         scores = buffer[:, : stop - start]
         _chunk_logits(queries_mm, weight[start:stop], normalize, out=scores)
-        chunk_scores, chunk_rows = scores.topk(min(k, stop - start), dim=1)
+        chunk_scores, chunk_rows = row_topk(scores, min(k, stop - start))
         merged = torch.cat([best_scores, chunk_scores], dim=1)
         merged_rows = torch.cat([best_rows, chunk_rows + start], dim=1)
         best_scores, order = merged.topk(min(k, merged.shape[1]), dim=1)

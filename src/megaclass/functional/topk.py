@@ -1,0 +1,49 @@
+"""Exact row-wise top-k of wide score matrices, several times faster than ``torch.topk`` on CPU.
+
+``torch.topk`` over a [B, c] block runs at ~0.3 G elements/s on a CPU core, while a row
+maximum runs at ~5 G: in class-graph builds and in evaluation over 10^6 classes it was most of
+the time. Here the columns are split into groups of ``_GROUP``; the k best scores of a row lie in
+the k groups with the highest maxima (a group holding one of them has a maximum at least the k-th
+best score, and at most k groups reach it), so ``torch.topk`` runs on the group maxima
+[B, c / _GROUP] and then on the k gathered groups [B, k * _GROUP] only. Ties may pick other
+columns of equal score than ``torch.topk`` would.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_GROUP = 16
+_MIN_GROUPS_PER_K = 8  # below this many groups per wanted column, plain topk is as fast
+
+
+def row_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest scores of each row, largest first, and their columns.
+
+    scores [B, c] -> (values [B, k], columns [B, k] int64); k <= c. Same contract as
+    ``scores.topk(k, dim=1)``.
+    """
+    width = scores.shape[1]
+    grouped_width = width - width % _GROUP
+    if grouped_width < _MIN_GROUPS_PER_K * k * _GROUP:
+        return scores.topk(k, dim=1)
+    values, columns = _grouped_topk(scores[:, :grouped_width], k)
+    if grouped_width == width:
+        return values, columns
+    tail_values, tail_columns = scores[:, grouped_width:].topk(min(k, width - grouped_width), dim=1)
+    values, picked = torch.cat([values, tail_values], dim=1).topk(k, dim=1)
+    return values, torch.cat([columns, tail_columns + grouped_width], dim=1).gather(1, picked)
+
+
+def _grouped_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``row_topk`` of [B, c] with c a multiple of ``_GROUP``. Group m holds the columns m,
+    m + M, m + 2M, ... (M = c / _GROUP): the maximum over the middle dimension of [B, _GROUP, M]
+    is vectorised along M, the contiguous one."""
+    num_rows, width = scores.shape
+    span = width // _GROUP
+    group_max = scores.view(num_rows, _GROUP, span).amax(1)  # [B, M]
+    best_groups = group_max.topk(k, dim=1).indices  # [B, k]
+    offsets = torch.arange(0, width, span, device=scores.device)  # [G]
+    columns = (best_groups[:, None, :] + offsets[None, :, None]).flatten(1)  # [B, G*k]
+    values, picked = scores.gather(1, columns).topk(k, dim=1)
+    return values, columns.gather(1, picked)
