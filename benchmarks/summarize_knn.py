@@ -53,11 +53,11 @@ def main(folder: Path) -> None:
             for r in records:
                 machine = r["machine"]
                 state = _state_bytes(r) / 1e9
+                peak = r["peak_rss_mb"] * 2**20 / 1e9  # peak_rss_mb is in MiB
                 print(
                     f"| {optimizer} | {r['num_classes']:,} | {r['ms_per_step']:.0f} "
                     f"| {r['ms_per_step'] / small[0]['ms_per_step']:.2f} "
-                    f"| {r['peak_rss_mb'] / 1e3:.1f} | {state:.2f} "
-                    f"| {r['peak_rss_mb'] * 2**20 / 1e9 / state:.2f} "
+                    f"| {peak:.1f} | {state:.2f} | {peak / state:.2f} "
                     f"| {r['graph_build_s']:.0f} ({r['graph_build']}) |"
                 )
     print("\nTargets: 10^7 step <= 1.3x the 10^5 step; peak <= 2.5x (weights + optimizer state).")

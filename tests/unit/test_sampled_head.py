@@ -142,3 +142,34 @@ def test_sampled_head_gradient_is_never_dense():
     head = megaclass.ClassifierHead(100_000, 8, sampler=samplers.Random(0.001))
     head(torch.randn(16, 8), torch.randint(0, 100_000, (16,))).loss.backward()
     assert head.weight.grad.is_sparse and head.weight.grad._nnz() == 100
+
+
+def test_two_forward_passes_before_one_backward_keep_their_own_logits():
+    """The kept logits come from reused scratch memory: a second forward pass before the first
+    one's backward must not overwrite them (gradient accumulation over micro-batches)."""
+    x, y, w = _problem()
+    margin = margins.CosFace(scale=16.0, margin=0.2)
+    head = megaclass.ClassifierHead(NUM_CLASSES, DIM, margin=margin, sampler=samplers.Random(1.0))
+    with torch.no_grad():
+        head.weight.copy_(w)
+    halves = [(x[:15].clone().requires_grad_(), y[:15]), (x[15:].clone().requires_grad_(), y[15:])]
+    separate = []
+    for xs, ys in halves:
+        head(xs, ys).loss.backward()
+        separate.append((xs.grad.clone(), head.weight.grad.to_dense().clone()))
+        xs.grad, head.weight.grad = None, None
+    losses = [head(xs, ys).loss for xs, ys in halves]  # both forwards, then one backward
+    sum(losses).backward()
+    for (xs, _), (x_grad, _) in zip(halves, separate, strict=True):
+        assert torch.allclose(xs.grad, x_grad, rtol=1e-5, atol=1e-7)
+    expected = separate[0][1] + separate[1][1]
+    assert torch.allclose(head.weight.grad.to_dense(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_a_second_backward_through_kept_logits_is_refused():
+    x, y, _ = _problem()
+    head = megaclass.ClassifierHead(NUM_CLASSES, DIM, sampler=samplers.Random(0.5))
+    loss = head(x, y).loss
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward"):
+        loss.backward()

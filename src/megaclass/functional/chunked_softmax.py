@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from megaclass.functional import workspace
 from megaclass.functional.margins import Margin
 from megaclass.functional.topk import row_topk
 
@@ -57,7 +58,8 @@ class ShardLogSumExp:
     """Per-row log-sum-exp statistics of one shard: ``lse_shard = row_max + log(sum_exp)``.
 
     row_max: [B] fp32 (``-inf`` for an empty shard); sum_exp: [B] fp32;
-    kept_exp: [B, C] ``exp(logit - row_max)`` when computed unchunked, kept for backward; else None.
+    kept_exp: [B, C] ``exp(logit - row_max)`` when computed unchunked, kept for backward (which
+    overwrites it: one backward per forward); else None.
     """
 
     row_max: torch.Tensor
@@ -104,7 +106,7 @@ def shard_logsumexp(
     queries_mm = (queries * _LOG2E).to(matmul_dtype)  # base-2 logits
     targets_base2 = targets.logits * _LOG2E
     step = _step(num_classes, chunk_size)
-    buffer = torch.empty(num_rows, min(step, num_classes), device=queries.device)
+    buffer = _logits_buffer(num_rows, min(step, num_classes), queries.device)
     for start, stop in _chunks(num_classes, step):
         logits = buffer[:, : stop - start]  # [B, c], base 2
         _chunk_logits(queries_mm, weight[start:stop], normalize, out=logits)
@@ -145,7 +147,10 @@ def shard_softmax_backward(
     lse_base2, targets_base2 = lse * _LOG2E, targets.logits * _LOG2E
     row_grad = row_grad * _LN2
     step = _step(num_classes, chunk_size)
-    buffer = torch.empty(num_rows, min(step, num_classes), device=queries.device)
+    if shard_lse.kept_exp is None:
+        buffer = _logits_buffer(num_rows, min(step, num_classes), queries.device)
+    else:
+        buffer = shard_lse.kept_exp  # overwritten in place: backward is its last use
     for start, stop in _chunks(num_classes, step):
         grad_logits = buffer[:, : stop - start]  # [B, c], becomes d loss / d logit, times ln 2
         if shard_lse.kept_exp is None:
@@ -155,13 +160,13 @@ def shard_softmax_backward(
         else:
             w_hat = _normalized(weight, normalize)
             row_scale = (shard_lse.row_max - lse).exp() * row_grad  # [B]
-            torch.mul(shard_lse.kept_exp, row_scale[:, None], out=grad_logits)
+            grad_logits.mul_(row_scale[:, None])
         # The target column: d/d raw = (p - 1) * g * slope, where the other columns have p * g.
         owned_grad = _gather_targets(grad_logits, targets, start, stop)
         _substitute_targets(
             grad_logits, targets, start, stop, (owned_grad - row_grad) * targets.slope
         )
-        grad_mm = grad_logits.to(matmul_dtype)
+        grad_mm = _in_matmul_dtype(grad_logits, matmul_dtype)
         grad_queries.add_(grad_mm @ w_hat.to(matmul_dtype))
         if normalize or grad_mm.dtype != grad_weight.dtype:
             grad_w_hat = (grad_mm.t() @ queries_mm).float()  # [c, D]
@@ -195,8 +200,21 @@ def _chunk_logits(
     if out.dtype == queries_mm.dtype:
         torch.mm(queries_mm, w_mm.t(), out=out)
     else:
-        out.copy_(queries_mm @ w_mm.t())
+        products = workspace.take("products", out.shape, queries_mm.dtype, out.device)
+        out.copy_(torch.mm(queries_mm, w_mm.t(), out=products))
     return w_hat
+
+
+def _logits_buffer(num_rows: int, width: int, device: torch.device) -> torch.Tensor:
+    """fp32 scratch [num_rows, width] for a chunk of logits (reused across steps)."""
+    return workspace.take("logits", (num_rows, width), torch.float32, device)
+
+
+def _in_matmul_dtype(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``values`` [B, c] in ``dtype`` for a matrix product, converted into reused scratch."""
+    if values.dtype == dtype:
+        return values
+    return workspace.take("products", values.shape, dtype, values.device).copy_(values)
 
 
 def _owned_in_chunk(targets: ShardTargets, start: int, stop: int):
@@ -250,7 +268,7 @@ def shard_topk(
     best_rows = torch.empty(num_rows, 0, dtype=torch.int64, device=queries.device)
     queries_mm = queries.to(matmul_dtype)
     step = _step(num_classes, chunk_size)
-    buffer = torch.empty(num_rows, min(step, num_classes), device=queries.device)
+    buffer = _logits_buffer(num_rows, min(step, num_classes), queries.device)
     for start, stop in _chunks(num_classes, step):
         scores = buffer[:, : stop - start]
         _chunk_logits(queries_mm, weight[start:stop], normalize, out=scores)

@@ -85,6 +85,12 @@ class _ShardedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         queries, scored, valid, lse = ctx.saved_tensors
         spec = ctx.spec
+        if ctx.shard_lse is None:
+            raise RuntimeError(
+                "the sampled softmax keeps its logits for one backward pass and overwrites them "
+                "there; a second backward through the same forward (retain_graph) needs a new "
+                "forward pass"
+            )
         row_grad = valid.float() * (grad_loss / ctx.num_valid)  # [B]
         grad_queries, grad_scored = shard_softmax_backward(
             queries,
@@ -97,6 +103,8 @@ class _ShardedCrossEntropy(torch.autograd.Function):
             chunk_size=spec.chunk_size,
             matmul_dtype=spec.matmul_dtype,
         )
+        if ctx.shard_lse.kept_exp is not None:
+            ctx.shard_lse = None  # consumed
         if spec.active_rows is None:
             grad_weight = grad_scored
         else:

@@ -7,7 +7,13 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from megaclass.optim.rows import RowSparseOptimizer, read_rows, touched_rows, write_rows
+from megaclass.optim.rows import (
+    RowSparseOptimizer,
+    add_to_rows,
+    read_rows,
+    touched_rows,
+    write_rows,
+)
 
 
 class RowAdaGrad(RowSparseOptimizer):
@@ -49,9 +55,9 @@ class RowAdaGrad(RowSparseOptimizer):
         super().__init__(params, defaults)
 
     def _update(self, param: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
-        rows, values, weights = touched_rows(param, grad)
+        rows, values = touched_rows(grad)
         if group["weight_decay"]:
-            values = values + group["weight_decay"] * weights
+            values = values.add(read_rows(param, rows), alpha=group["weight_decay"])
         state = self.state[param]
         if "sum_sq" not in state:
             state["sum_sq"] = torch.full(
@@ -61,4 +67,4 @@ class RowAdaGrad(RowSparseOptimizer):
         write_rows(state["sum_sq"], rows, sum_sq)
         scale = group["lr"] / (sum_sq.sqrt() + group["eps"])  # [n]
         shape = (-1,) + (1,) * (values.dim() - 1)
-        write_rows(param, rows, weights - scale.view(shape).to(values.dtype) * values)
+        add_to_rows(param, rows, scale.view(shape).to(values.dtype) * values, alpha=-1.0)

@@ -36,31 +36,41 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
 
-def touched_rows(
-    param: torch.Tensor, grad: torch.Tensor
-) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """(rows, gradient rows, current weight rows) of a step.
+def touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(rows, gradient rows) of a step.
 
-    A sparse COO gradient touches its rows: rows [n], values [n, ...], weights [n, ...]. A dense
-    gradient touches every row: rows is None and the other two are the full tensors.
+    A sparse COO gradient touches its rows: rows [n], values [n, ...]. A dense gradient touches
+    every row: rows is None and the values are the gradient itself.
     """
     if not grad.is_sparse:
-        return None, grad, param
+        return None, grad
     rows = grad._indices()[0]
     # Autograd drops the "coalesced" flag of the head's gradient, whose rows are sorted and
     # distinct already: check that in O(n) rather than sorting again (35 ms at 10^5 rows).
     if not grad.is_coalesced() and not bool((rows[1:] > rows[:-1]).all()):
         grad = grad.coalesce()
         rows = grad._indices()[0]
-    return rows, grad._values(), param.index_select(0, rows)
+    return rows, grad._values()
 
 
 def read_rows(tensor: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """The rows of ``tensor`` (a copy), or ``tensor`` itself when rows is None (every row)."""
     return tensor if rows is None else tensor.index_select(0, rows)
 
 
 def write_rows(tensor: torch.Tensor, rows: torch.Tensor | None, values: torch.Tensor) -> None:
     if rows is None:
-        tensor.copy_(values)
+        if values is not tensor:
+            tensor.copy_(values)
     else:
         tensor.index_copy_(0, rows, values)
+
+
+def add_to_rows(
+    tensor: torch.Tensor, rows: torch.Tensor | None, values: torch.Tensor, alpha: float
+) -> None:
+    """tensor[rows] += alpha * values, in place (every row when rows is None)."""
+    if rows is None:
+        tensor.add_(values, alpha=alpha)
+    else:
+        tensor.index_add_(0, rows, values, alpha=alpha)

@@ -7,7 +7,13 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from megaclass.optim.rows import RowSparseOptimizer, read_rows, touched_rows, write_rows
+from megaclass.optim.rows import (
+    RowSparseOptimizer,
+    add_to_rows,
+    read_rows,
+    touched_rows,
+    write_rows,
+)
 
 
 class SparseSGD(RowSparseOptimizer):
@@ -54,15 +60,17 @@ class SparseSGD(RowSparseOptimizer):
         super().__init__(params, defaults)
 
     def _update(self, param: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
-        rows, values, weights = touched_rows(param, grad)
-        step = values + group["weight_decay"] * weights if group["weight_decay"] else values
+        rows, values = touched_rows(grad)
+        step = values
+        if group["weight_decay"]:
+            step = values.add(read_rows(param, rows), alpha=group["weight_decay"])
         momentum = group["momentum"]
         if momentum:
             state = self.state[param]
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(param)
             buffer = state["momentum_buffer"]
-            moved = read_rows(buffer, rows) * momentum + step
+            moved = read_rows(buffer, rows).mul_(momentum).add_(step)  # in place when dense
             write_rows(buffer, rows, moved)
-            step = step + momentum * moved if group["nesterov"] else moved
-        write_rows(param, rows, weights - group["lr"] * step)
+            step = step.add(moved, alpha=momentum) if group["nesterov"] else moved
+        add_to_rows(param, rows, step, alpha=-group["lr"])
