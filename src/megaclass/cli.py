@@ -122,10 +122,7 @@ def _bench_graph(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     records = bench_graph.run_graph_bench(config, log=lambda line: print(line, flush=True))
-    print(bench_graph.format_table(records))
-    if args.json:
-        bench_graph.write_json(records, args.json)
-    return 0
+    return _report(bench_graph.format_table(records), records, args.json)
 
 
 def _bench_heads(args: argparse.Namespace) -> int:
@@ -151,10 +148,16 @@ def _bench_heads(args: argparse.Namespace) -> int:
         device=args.device,
     )
     records = bench_heads.run_heads(config, log=lambda line: print(line, flush=True))
-    print(bench_heads.format_table(records))
-    if args.json:
-        bench_heads.write_json(records, args.json)
-        print(f"wrote {args.json}")
+    return _report(bench_heads.format_table(records), records, args.json)
+
+
+def _report(table: str, records: list[dict], path: str | None) -> int:
+    from megaclass.bench.machine import write_records
+
+    print(table)
+    if path:
+        write_records(records, path)
+        print(f"wrote {path}")
     return 0
 
 

@@ -11,7 +11,6 @@ averaged over the queries.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -125,12 +124,6 @@ def format_table(records: list[dict], header: bool = True) -> str:
             f"torch {machine['torch']}"
         )
     return "\n".join(lines)
-
-
-def write_json(records: list[dict], path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(records, f, indent=2)
-        f.write("\n")
 
 
 def _exact_build(weight, config: GraphBenchConfig, dtype) -> torch.Tensor:

@@ -18,7 +18,6 @@ Heads:
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import resource
 import statistics
@@ -121,12 +120,6 @@ def format_table(records: list[dict]) -> str:
         f"device {machine['device']}{', ' + machine['gpu'] if 'gpu' in machine else ''}"
     )
     return "\n".join(lines)
-
-
-def write_json(records: list[dict], path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(records, f, indent=2)
-        f.write("\n")
 
 
 def _set_threads(config: HeadBenchConfig) -> None:

@@ -1,7 +1,8 @@
-"""What a benchmark figure was measured on."""
+"""What a benchmark figure was measured on, and how its records are written."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 
@@ -26,3 +27,10 @@ def machine_info(device: str) -> dict:
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
+
+
+def write_records(records: list[dict], path: str) -> None:
+    """The records of a benchmark run as a JSON list."""
+    with open(path, "w") as f:
+        json.dump(records, f, indent=2)
+        f.write("\n")
