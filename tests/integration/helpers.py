@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 TINY = [
+    "head.sampler='full'",  # most tests compare with the exact softmax (the default is knn)
     "data.num_classes=500",
     "data.input_dim=16",
     "data.eval_samples=256",

@@ -246,6 +246,16 @@ def test_torchrun_runs_hybrid_parallel_and_reports_a_dead_rank(tmp_path):
     assert "rank" in dead.stderr and "1" in dead.stderr and "17" in dead.stderr
 
 
+def test_knn_run_says_when_it_builds_the_class_graph(tmp_path):
+    overrides = [*TINY, "head.sampler='knn'", "head.refresh_every=5", "train.steps=12"]
+    result = megaclass("train", *set_args(overrides), "--run-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    for step in (0, 5, 10):
+        assert f"step {step}: building the class graph (exact, 500 classes)" in result.stderr
+    assert result.stderr.count("class graph built in") == 3
+    assert json.loads((tmp_path / "summary.json").read_text())["graph_build_s"] > 0
+
+
 def test_metrics_record_what_the_issue_asks(tmp_path):
     train(load_config(None, [*TINY, "train.steps=3", "train.eval_every=2"]), tmp_path)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -176,6 +176,12 @@ class ClassifierHead(nn.Module):
             dist.all_reduce(total, group=self.process_group)
         return active.to(self.weight.device), int(total)
 
+    def knn_graph_due(self) -> bool:
+        """Whether the next training step (re)builds the class graph (KNN sampler only)."""
+        return isinstance(self.sampler, KNN) and (
+            self.knn_graph is None or self.steps_since_graph >= self.sampler.refresh_every
+        )
+
     def rebuild_knn_graph(self) -> None:
         """Rebuild the class KNN graph from the current weights (collective: every rank)."""
         settings = {"chunk_size": self.chunk_size or 8192, "matmul_dtype": self.matmul_dtype}
@@ -194,7 +200,7 @@ class ClassifierHead(nn.Module):
         Collectives on ``process_group``: an all_gather of one int and one of the neighbour
         lists [labels owned, k] of every rank; graph rebuilds as in ``build_knn_graph``.
         """
-        if self.knn_graph is None or self.steps_since_graph >= self.sampler.refresh_every:
+        if self.knn_graph_due():
             self.rebuild_knn_graph()
         if torch.is_grad_enabled():
             self.steps_since_graph += 1

@@ -165,7 +165,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
         + (f", resuming at step {start}" if resume else "")
     )
     began, window_began = time.perf_counter(), time.perf_counter()
-    window_loss, window_steps, samples = 0.0, 0, 0
+    window_loss, window_steps, samples, graph_s = 0.0, 0, 0, 0.0
     last_metrics: dict = {}
     with _stop_on_signals() as stop_requested:
         for step in range(start, steps):
@@ -176,6 +176,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
             ):
                 for group_ in optimizer.param_groups:
                     group_["lr"] = base * lr_scale
+            if model.head.knn_graph_due():
+                graph_s += _build_graph(model.head, step, progress)
             inputs, labels = model.dataset.train_batch(step, batch, model.local_rows)
             device = model.head.weight.device
             out = model.head(model.backbone(inputs.to(device)), labels.to(device))
@@ -225,6 +227,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
         "steps": steps,
         "total_time_s": total,
         "mean_samples_per_s": samples / total if total > 0 else 0.0,
+        "graph_build_s": graph_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "world_size": model.head.world_size,
         "num_classes": model.dataset.num_classes,
@@ -239,6 +242,17 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
         f"({metrics['eval_samples']:,} samples); {summary['mean_samples_per_s']:.0f} samples/s"
     )
     return summary
+
+
+def _build_graph(head: ClassifierHead, step: int, progress: Progress) -> float:
+    """Rebuild the head's class graph before ``step``, with a line saying so; the seconds."""
+    how = "IVF" if head.sampler.uses_ivf(head.num_classes) else "exact"
+    progress.line(f"step {step}: building the class graph ({how}, {head.num_classes:,} classes)")
+    began = time.perf_counter()
+    head.rebuild_knn_graph()
+    seconds = time.perf_counter() - began
+    progress.line(f"step {step}: class graph built in {seconds:.1f} s")
+    return seconds
 
 
 @torch.no_grad()
