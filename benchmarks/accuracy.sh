@@ -13,8 +13,8 @@ for classes in "$@"; do
     [ -f "$dir/summary.json" ] && continue
     rm -rf "$dir"
     megaclass train --run-dir "$dir" --set data.num_classes="$classes" \
-      --set head.sampler="'$sampler'" --set head.budget=0.1 --set train.eval_every=50 \
-      --set data.eval_samples=5000
+      --set head.sampler="'$sampler'" --set head.budget=0.1 --set head.refresh_every=100 \
+      --set head.nprobe=4 --set train.eval_every=50 --set data.eval_samples=5000
   done
 done
 python benchmarks/summarize_accuracy.py "$runs" benchmarks/results

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Reproduces benchmarks/results/knn-*.json and knn.md (issue 4 targets), 2 threads, dim 128,
 # batch 1024:
-#  1. 1,000,000 classes, 10% budget: naive, full, random, knn; fp32 and bf16 (~15 minutes);
+#  1. 1,000,000 classes, 10% budget: naive, full, random, knn; fp32 and bf16 (~12 minutes);
 #  2. a fixed budget of 50,000 active classes: knn at 100,000 and 10,000,000 classes, with
-#     RowAdaGrad and with SparseSGD (momentum), peak memory included (~25 minutes; the 10^7 graph
-#     is built with nprobe 1).
+#     RowAdaGrad and with SparseSGD (momentum), peak memory included (~10 minutes; the 10^7 graph
+#     is built with nprobe 1, 3-4 minutes each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=benchmarks/results

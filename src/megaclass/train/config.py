@@ -28,7 +28,7 @@ class DataConfig:
 
     source: str = "synthetic"  # "synthetic" or "features"
     path: str = ""  # features: folder with train_x.npy, train_y.npy, eval_x.npy, eval_y.npy
-    num_classes: int = 100_000  # synthetic: classes; features: 0 = taken from the labels
+    num_classes: int = 1_000_000  # synthetic: classes; features: 0 = taken from the labels
     input_dim: int = 64  # synthetic: width of the generated inputs
     family_size: int = 8  # synthetic: classes per family of near-identical products
     zipf: float = 1.0  # synthetic: Zipf exponent of class frequencies (0 = uniform)
@@ -77,10 +77,10 @@ class HeadConfig:
     m1: float = 1.0
     m2: float = 0.3
     m3: float = 0.2
-    sampler: str = "full"  # "full", "random" (Partial FC) or "knn" (KNN softmax)
-    budget: float = 0.1  # random, knn: active classes, a fraction (<= 1) or a count (knn only)
+    sampler: str = "knn"  # "knn" (KNN softmax), "random" (Partial FC) or "full"
+    budget: float = 0.05  # random, knn: active classes, a fraction (<= 1) or a count (knn only)
     knn_k: int = 32  # knn: neighbours per class in the graph
-    refresh_every: int = 100  # knn: steps between graph rebuilds
+    refresh_every: int = 150  # knn: steps between graph rebuilds
     graph_build: str = "auto"  # knn: "exact", "ivf" or "auto" (exact up to 2^17 classes)
     nprobe: int = 4  # knn with an IVF graph: lists each class searches
     chunk_size: int = 8192
