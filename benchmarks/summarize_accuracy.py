@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 SAMPLERS = ("full", "knn", "random")
+COLORS = {"full": "tab:blue", "knn": "tab:orange", "random": "tab:green"}
 
 
 def _runs(folder: Path) -> dict[tuple[int, str], Path]:
@@ -59,7 +60,7 @@ def plot(runs: dict[tuple[int, str], Path], out: Path) -> None:
         for sampler in SAMPLERS:
             if (classes, sampler) in runs:
                 steps, top1 = zip(*_curve(runs[(classes, sampler)]), strict=True)
-                axis.plot(steps, top1, marker="o", label=sampler)
+                axis.plot(steps, top1, marker="o", label=sampler, color=COLORS[sampler])
         axis.set_title(f"{classes:,} classes, 10% budget")
         axis.set_xlabel("step")
         axis.set_ylabel("held-out top-1")
