@@ -1,8 +1,11 @@
-"""Exact row-wise top-k of wide score matrices, several times faster than ``torch.topk`` on CPU.
+"""Exact row-wise top-k of wide score matrices, faster than ``torch.topk`` on CPU.
 
 ``torch.topk`` over a [B, c] block runs at ~0.3 G elements/s on a CPU core, while a row
 maximum runs at ~5 G: in class-graph builds and in evaluation over 10^6 classes it was most of
-the time. Here the columns are split into groups of ``_GROUP``; the k best scores of a row lie in
+the time. Measured on [1024, 8192] fp32, 1 thread: k = 5 about 2.5x faster, k = 33 about 1.3x
+(the gathered candidates grow with k); on [1024, 65536] 3x and 2x.
+
+Here the columns are split into groups of ``_GROUP``; the k best scores of a row lie in
 the k groups with the highest maxima (a group holding one of them has a maximum at least the k-th
 best score, and at most k groups reach it), so ``torch.topk`` runs on the group maxima
 [B, c / _GROUP] and then on the k gathered groups [B, k * _GROUP] only. Ties may pick other
