@@ -19,7 +19,6 @@ import torch
 
 from megaclass.bench.machine import machine_info
 from megaclass.data import SyntheticCatalog
-from megaclass.data.synthetic import _LATENT_DIM
 from megaclass.functional import shard_topk
 from megaclass.index import build_ivf_knn_graph, build_knn_graph
 
@@ -53,7 +52,8 @@ def catalog_weights(num_classes: int, dim: int, noise: float, seed: int) -> torc
     """Catalogue-like class weights [num_classes, dim] (see the module docstring)."""
     catalog = SyntheticCatalog(num_classes, seed=seed)
     generator = torch.Generator().manual_seed(seed)
-    projection = torch.randn(_LATENT_DIM, dim, generator=generator) / _LATENT_DIM**0.5
+    latent = catalog.class_points(torch.zeros(1, dtype=torch.int64)).shape[1]
+    projection = torch.randn(latent, dim, generator=generator) / latent**0.5
     weight = torch.empty(num_classes, dim)
     for start in range(0, num_classes, _POINTS_BLOCK):
         ids = torch.arange(start, min(start + _POINTS_BLOCK, num_classes))
