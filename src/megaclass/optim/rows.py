@@ -32,6 +32,9 @@ class RowSparseOptimizer(torch.optim.Optimizer):
                     self._update(param, param.grad, group)
         return loss
 
+    def catch_up(self) -> None:
+        """Bring rows that lag behind (lazy updates) up to date; nothing lags by default."""
+
     def _update(self, param: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
         raise NotImplementedError
 

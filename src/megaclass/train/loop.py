@@ -152,7 +152,10 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
             step,
             _unwrap(model.backbone).state_dict(),
             backbone_optimizer.state_dict(),
-            {"steps_since_graph": model.head.steps_since_graph},
+            {
+                "steps_since_graph": model.head.steps_since_graph,
+                "optimizer_counts": _head_optimizer_counts(model.head, head_optimizer),
+            },
         )
         shard = _head_shard(model.head, head_optimizer)
         return save_checkpoint(run_dir, state, model.head, shard, config.checkpoint.keep)
@@ -209,6 +212,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
                     "active_classes": out.num_active,
                 }
                 if config.train.eval_every and done % config.train.eval_every == 0 and done < steps:
+                    head_optimizer.catch_up()
                     last_metrics.update(evaluate(model))
                 if rank0:
                     _append_jsonl(run_dir / "metrics.jsonl", last_metrics)
@@ -220,6 +224,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
                 path = checkpoint(done)
                 raise Interrupted(f"interrupted after step {done}; checkpoint {path}")
     total = time.perf_counter() - began
+    head_optimizer.catch_up()
     path = checkpoint(steps)
     metrics = evaluate(model)
     summary = {
@@ -341,7 +346,15 @@ def _head_shard(head: ClassifierHead, optimizer: torch.optim.Optimizer) -> HeadS
     return HeadShard(rows, head.sampling_generator.get_state())
 
 
+def _head_optimizer_counts(head: ClassifierHead, optimizer: torch.optim.Optimizer) -> dict:
+    """The head optimizer's scalar state (SparseSGD's step count), the same on every rank."""
+    state = optimizer.state.get(head.weight, {})
+    return {name: int(v) for name, v in state.items() if torch.is_tensor(v) and v.dim() == 0}
+
+
 def _restore_head(head, optimizer, state: TrainingState, shard: HeadShard) -> None:
+    for name, count in state.head.get("optimizer_counts", {}).items():
+        optimizer.state[head.weight][name] = torch.tensor(count)
     for name, rows in shard.rows.items():
         if name.startswith("optim."):
             optimizer.state[head.weight][name.removeprefix("optim.")] = rows
