@@ -40,8 +40,10 @@ def reference_loss(
     labels: torch.Tensor,
     margin,
     ignore_index: int = -100,
+    offsets: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean cross entropy of the global batch over all classes, with explicit [B, C] logits."""
+    """Mean cross entropy of the global batch over all classes, with explicit [B, C] logits;
+    ``offsets`` [C] are added to every logit of their class except the target logits."""
     if margin.normalize:
         logits = F.normalize(embeddings, dim=1) @ F.normalize(weight, dim=1).t()  # cosines
     else:
@@ -50,6 +52,8 @@ def reference_loss(
     rows = valid.nonzero().squeeze(1)
     target = reference_target_logit(logits[rows, labels[rows]], margin)
     scaled = logits * (margin.scale if margin.normalize else 1.0)
+    if offsets is not None:
+        scaled = scaled + offsets
     scaled = scaled.index_put((rows, labels[rows]), target)
     if not bool(valid.any()):
         return scaled.sum() * 0.0

@@ -1,5 +1,7 @@
 """KNN softmax: the exact blocked graph against brute force, the sampler against Full."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -96,12 +98,29 @@ def test_active_set_is_labels_then_nearest_neighbours_then_cut():
     g = torch.Generator().manual_seed(2)
     weight = torch.randn(NUM_CLASSES, DIM, generator=g)
     labels = torch.tensor([5, 9, 400])
-    head = _head(samplers.KNN(k=3, budget=9), weight)
+    head = _head(samplers.KNN(k=3, budget=9, random_share=0.0), weight)
     head(torch.randn(3, DIM, generator=g), labels).loss.backward()
     active = set(head.weight.grad.coalesce().indices()[0].tolist())
     graph = brute_force_graph(weight, 3)
     assert len(active) == 9
     assert active == set(labels.tolist()) | set(graph[labels, :2].reshape(-1).tolist())
+
+
+@pytest.mark.parametrize("correction", [True, False])
+def test_a_share_of_the_budget_is_drawn_uniformly_with_corrected_logits(correction):
+    knn = samplers.KNN(k=3, budget=9, random_share=1 / 3, logit_correction=correction)
+    positives = torch.tensor([5, 9, 400, 5])
+    neighbours = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 10]])  # global ids, nearest first
+    chosen = torch.tensor([1, 4, 5, 7, 9, 400])  # labels, then first neighbours, to 9 - 3
+    selection = knn.select(positives, neighbours, 0, NUM_CLASSES, 9, torch.Generator())
+    assert len(selection.rows) == 9 and torch.isin(chosen, selection.rows).all()
+    if not correction:
+        assert selection.logit_offsets is None
+        return
+    drawn = ~torch.isin(selection.rows, chosen)
+    assert int(drawn.sum()) == 3
+    assert torch.allclose(selection.logit_offsets[drawn], torch.tensor(math.log((1007 - 6) / 3)))
+    assert not selection.logit_offsets[~drawn].any()
 
 
 def test_small_budgets_fill_with_random_classes_and_keep_labels():
@@ -130,7 +149,14 @@ def test_graph_is_rebuilt_every_refresh_steps():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"k": 0}, {"budget": 0}, {"refresh_every": 0}, {"build": "hnsw"}, {"nprobe": 0}],
+    [
+        {"k": 0},
+        {"budget": 0},
+        {"refresh_every": 0},
+        {"build": "hnsw"},
+        {"nprobe": 0},
+        {"random_share": 1.5},
+    ],
     ids=str,
 )
 def test_bad_knn_settings_raise(kwargs):

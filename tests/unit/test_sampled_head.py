@@ -1,5 +1,7 @@
 """Sampled heads (row-sparse gradients) and SparseSGD against their dense twins."""
 
+import math
+
 import pytest
 import torch
 
@@ -47,29 +49,42 @@ def test_random_rate_1_equals_full_including_the_update(margin):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_random_sampling_scores_labels_plus_random_classes_with_sparse_gradients():
+@pytest.mark.parametrize("correction", [True, False], ids=["corrected", "partial-fc"])
+def test_random_sampling_scores_labels_plus_random_classes_with_sparse_gradients(correction):
+    """The loss and gradients are the reference softmax over the active classes, the drawn
+    ones' logits raised by log(classes not in the batch / classes drawn) when corrected."""
     x, y, w = _problem()
+    x = x.double().requires_grad_()
     margin = margins.CosFace(scale=16.0, margin=0.2)
-    out, _, dense_grad, _, grad = _step(
-        margin, samplers.Random(0.1), w, x, y, lambda h: SparseSGD(h, lr=0.1)
+    sampler = samplers.Random(0.1, logit_correction=correction)
+    out, x_grad, dense_grad, _, grad = _step(
+        margin, sampler, w, x.detach(), y, lambda h: SparseSGD(h, lr=0.1)
     )
     active = grad.coalesce().indices()[0]
     assert out.num_active == len(active) == int(0.1 * NUM_CLASSES)
-    assert set(y[y >= 0].tolist()) <= set(active.tolist())
+    batch_classes = y[y >= 0].unique()
+    assert set(batch_classes.tolist()) <= set(active.tolist())
     untouched = torch.ones(NUM_CLASSES, dtype=torch.bool)
     untouched[active] = False
     assert not dense_grad[untouched].any()
-    # The loss is the softmax over the active classes only.
+    drawn = ~torch.isin(active, batch_classes)
+    offsets = torch.zeros(len(active), dtype=torch.float64)
+    if correction:
+        offsets[drawn] = math.log((NUM_CLASSES - len(batch_classes)) / int(drawn.sum()))
     remap = torch.full((NUM_CLASSES,), -100)
     remap[active] = torch.arange(len(active))
     labels = torch.where(y >= 0, remap[y.clamp(min=0)], y)
-    want = reference_loss(x.double(), w[active].double(), labels, margin)
+    active_w = w[active].double().requires_grad_()
+    want = reference_loss(x, active_w, labels, margin, offsets=offsets)
+    want.backward()
     assert torch.allclose(out.loss.double(), want, rtol=1e-5)
+    assert torch.allclose(x_grad.double(), x.grad, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(dense_grad[active].double(), active_w.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_random_keeps_all_positives_beyond_the_rate():
-    rows = samplers.Random(0.01).select(torch.arange(50), 1000, torch.Generator().manual_seed(0))
-    assert torch.equal(rows, torch.arange(50))
+    chosen = samplers.Random(0.01).select(torch.arange(50), 1000, torch.Generator().manual_seed(0))
+    assert torch.equal(chosen.rows, torch.arange(50)) and chosen.logit_offsets is None
     with pytest.raises(ValueError, match="rate"):
         samplers.Random(0.0)
 

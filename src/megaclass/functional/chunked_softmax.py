@@ -1,8 +1,10 @@
 """Softmax cross entropy over one shard of classes, streamed over chunks of classes.
 
 The loss of row ``i`` is ``lse_i - l_i`` where ``l_i`` is its (penalised) target logit and
-``lse_i`` the log-sum-exp of its logits over every class, the target logit substituted. This
-module computes, for the classes of one shard (the rows of ``weight``):
+``lse_i`` the log-sum-exp of its logits over every class, the target logit substituted. A
+sampled softmax may add a fixed offset to the logits of some classes (``offsets``: the log of how
+many classes a uniformly drawn class stands for), so that its sum of exponentials estimates the
+full one. This module computes, for the classes of one shard (the rows of ``weight``):
 
 - ``shard_logsumexp``: per row, the maximum logit and the sum of ``exp(logit - max)``; shards
   combine these into the global ``lse`` (see ``megaclass.distributed.logsumexp_across``);
@@ -98,18 +100,24 @@ def shard_logsumexp(
     normalize: bool,
     chunk_size: int | None,
     matmul_dtype: torch.dtype,
+    offsets: torch.Tensor | None = None,
 ) -> ShardLogSumExp:
-    """Row maxima and sums of exponentials of this shard's logits, targets substituted."""
+    """Row maxima and sums of exponentials of this shard's logits, targets substituted.
+
+    offsets [C] fp32 or None: added to every logit of its class (column) but the targets.
+    """
     num_rows, num_classes = queries.shape[0], weight.shape[0]
     row_max = torch.full((num_rows,), float("-inf"), device=queries.device)
     sum_exp = torch.zeros(num_rows, device=queries.device)
     queries_mm = (queries * _LOG2E).to(matmul_dtype)  # base-2 logits
     targets_base2 = targets.logits * _LOG2E
+    offsets_base2 = None if offsets is None else offsets * _LOG2E
     step = _step(num_classes, chunk_size)
     buffer = _logits_buffer(num_rows, min(step, num_classes), queries.device)
     for start, stop in _chunks(num_classes, step):
         logits = buffer[:, : stop - start]  # [B, c], base 2
         _chunk_logits(queries_mm, weight[start:stop], normalize, out=logits)
+        _offset_columns(logits, offsets_base2, start, stop)
         _substitute_targets(logits, targets, start, stop, targets_base2)
         chunk_max = logits.amax(1)  # [B]
         chunk_sum = logits.sub_(chunk_max[:, None]).exp2_().sum(1)  # [B]
@@ -131,11 +139,13 @@ def shard_softmax_backward(
     normalize: bool,
     chunk_size: int | None,
     matmul_dtype: torch.dtype,
+    offsets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient of ``sum_i row_grad_i * (lse_i - target_logit_i)`` restricted to this shard.
 
     lse [B] is the global log-sum-exp; row_grad [B] the weight of each row's loss (0 for ignored
-    rows). Returns (grad_queries [B, D] fp32, this shard's contribution; grad_weight [C, D]).
+    rows); offsets as given to ``shard_logsumexp``. Returns (grad_queries [B, D] fp32, this
+    shard's contribution; grad_weight [C, D]).
     """
     num_rows, num_classes = queries.shape[0], weight.shape[0]
     grad_queries = torch.zeros(queries.shape, dtype=torch.float32, device=queries.device)
@@ -145,6 +155,7 @@ def shard_softmax_backward(
     # queries takes the factor log2(e) at the end.
     queries_mm = (queries * _LOG2E).to(matmul_dtype)
     lse_base2, targets_base2 = lse * _LOG2E, targets.logits * _LOG2E
+    offsets_base2 = None if offsets is None else offsets * _LOG2E
     row_grad = row_grad * _LN2
     step = _step(num_classes, chunk_size)
     if shard_lse.kept_exp is None:
@@ -155,6 +166,7 @@ def shard_softmax_backward(
         grad_logits = buffer[:, : stop - start]  # [B, c], becomes d loss / d logit, times ln 2
         if shard_lse.kept_exp is None:
             w_hat = _chunk_logits(queries_mm, weight[start:stop], normalize, out=grad_logits)
+            _offset_columns(grad_logits, offsets_base2, start, stop)
             _substitute_targets(grad_logits, targets, start, stop, targets_base2)
             grad_logits.sub_(lse_base2[:, None]).exp2_().mul_(row_grad[:, None])
         else:
@@ -203,6 +215,14 @@ def _chunk_logits(
         products = workspace.take("products", out.shape, queries_mm.dtype, out.device)
         out.copy_(torch.mm(queries_mm, w_mm.t(), out=products))
     return w_hat
+
+
+def _offset_columns(
+    logits: torch.Tensor, offsets: torch.Tensor | None, start: int, stop: int
+) -> None:
+    """Add ``offsets[start:stop]`` to the columns of a chunk of logits [B, c], in place."""
+    if offsets is not None:
+        logits.add_(offsets[start:stop])
 
 
 def _logits_buffer(num_rows: int, width: int, device: torch.device) -> torch.Tensor:

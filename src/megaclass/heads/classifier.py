@@ -15,7 +15,7 @@ from megaclass.functional import shard_topk
 from megaclass.functional.margins import Margin, Softmax
 from megaclass.heads.sharded_cross_entropy import ShardSpec, sharded_cross_entropy
 from megaclass.index import build_ivf_knn_graph, build_knn_graph
-from megaclass.samplers import KNN, Full, Random, Sampler
+from megaclass.samplers import KNN, Full, Random, Sampler, Selection
 
 _KEPT_LOGITS_MAX = 1 << 27  # elements (512 MB in fp32) of sampled logits kept for backward
 _INIT_STD = 0.01
@@ -137,7 +137,8 @@ class ClassifierHead(nn.Module):
         ).float()
         if self.margin.normalize:
             queries = F.normalize(queries, dim=1) * self.margin.scale
-        active_rows, num_active = self._active_rows(all_labels)
+        selection, num_active = self._active_rows(all_labels)
+        active_rows = None if selection is None else selection.rows
         spec = ShardSpec(
             class_start=self.class_range[0],
             margin=self.margin,
@@ -146,6 +147,7 @@ class ClassifierHead(nn.Module):
             chunk_size=self._chunk_size_for(len(queries), active_rows),
             matmul_dtype=self.matmul_dtype,
             active_rows=active_rows,
+            logit_offsets=None if selection is None else selection.logit_offsets,
         )
         loss = sharded_cross_entropy(queries, self.weight, all_labels, spec)
         return HeadOutput(loss=loss, num_active=num_active)
@@ -157,7 +159,7 @@ class ClassifierHead(nn.Module):
             return None
         return self.chunk_size
 
-    def _active_rows(self, all_labels: torch.Tensor) -> tuple[torch.Tensor | None, int]:
+    def _active_rows(self, all_labels: torch.Tensor) -> tuple[Selection | None, int]:
         """This shard's sampled rows (None: all) and the number of active classes of all ranks.
 
         Collective on ``process_group`` when sampling: one all_reduce (SUM) of a scalar.
@@ -171,10 +173,10 @@ class ClassifierHead(nn.Module):
             active = self._knn_rows(positives)
         else:
             active = self.sampler.select(positives, self.num_local, self.sampling_generator)
-        total = torch.tensor([len(active)], dtype=torch.int64, device=self.weight.device)
+        total = torch.tensor([len(active.rows)], dtype=torch.int64, device=self.weight.device)
         if self.process_group is not None:
             dist.all_reduce(total, group=self.process_group)
-        return active.to(self.weight.device), int(total)
+        return active, int(total)
 
     def knn_graph_due(self) -> bool:
         """Whether the next training step (re)builds the class graph (KNN sampler only)."""
@@ -194,7 +196,7 @@ class ClassifierHead(nn.Module):
         self.knn_graph = build(self.weight, self.num_classes, self.sampler.k, self.process_group)
         self.steps_since_graph = 0
 
-    def _knn_rows(self, positives: torch.Tensor) -> torch.Tensor:
+    def _knn_rows(self, positives: torch.Tensor) -> Selection:
         """Labels + graph neighbours of every label of the batch, fitted to the budget.
 
         Collectives on ``process_group``: an all_gather of one int and one of the neighbour

@@ -28,6 +28,7 @@ class ShardSpec:
     chunk_size: int | None
     matmul_dtype: torch.dtype
     active_rows: torch.Tensor | None = None  # sorted rows of ``weight`` scored; None: all
+    logit_offsets: torch.Tensor | None = None  # [A] fp32 added to the active rows' logits
 
 
 def sharded_cross_entropy(
@@ -43,7 +44,9 @@ def sharded_cross_entropy(
 
     With ``spec.active_rows`` only those rows of ``weight`` are scored (they must include every
     label of the batch that this shard owns) and the weight gradient is a sparse COO tensor
-    holding only those rows: no dense [C_local, D] gradient is formed.
+    holding only those rows: no dense [C_local, D] gradient is formed. ``spec.logit_offsets``
+    (with active rows) is added to the logits of each active row, its target logits excepted:
+    the sampled-softmax correction (see ``megaclass.samplers.Selection``).
 
     Collectives on ``spec.group`` (forward only): those of ``logsumexp_across``, i.e. one
     all_reduce MAX of [B] and one all_reduce SUM of [2, B]. The backward pass communicates nothing.
@@ -70,6 +73,7 @@ class _ShardedCrossEntropy(torch.autograd.Function):
             normalize=spec.margin.normalize,
             chunk_size=spec.chunk_size,
             matmul_dtype=spec.matmul_dtype,
+            offsets=spec.logit_offsets,
         )
         lse, target_logits = logsumexp_across(
             shard_lse.row_max, shard_lse.sum_exp, targets.logits, spec.group
@@ -102,6 +106,7 @@ class _ShardedCrossEntropy(torch.autograd.Function):
             normalize=spec.margin.normalize,
             chunk_size=spec.chunk_size,
             matmul_dtype=spec.matmul_dtype,
+            offsets=spec.logit_offsets,
         )
         if ctx.shard_lse.kept_exp is not None:
             ctx.shard_lse = None  # consumed

@@ -7,14 +7,14 @@ from typing import ClassVar
 
 import torch
 
-from megaclass.samplers.uniform import fill_uniform, first_occurrences
+from megaclass.samplers.uniform import Selection, first_occurrences, select_with_fill
 
 
 @dataclass(frozen=True)
 class KNN:
     """A step scores the batch's labels, then their neighbours in the class KNN graph (nearest
-    first), filled up with uniformly drawn classes, or cut (farthest neighbours first), to
-    exactly ``budget`` classes, so that every step costs the same.
+    first, cut farthest first to leave ``random_share`` of the budget), then uniformly drawn
+    classes, to exactly ``budget`` classes, so that every step costs the same.
 
     k: neighbours per class in the graph.
     budget: a fraction of all classes (0 < budget <= 1) or an absolute count (> 1), split over
@@ -24,6 +24,10 @@ class KNN:
         ``"ivf"`` (approximate, from an inverted-file partition, about C * nprobe * sqrt(C) * D
         work) or ``"auto"``: exact up to ``EXACT_UP_TO`` classes, IVF beyond.
     nprobe: IVF lists searched per list (more: better recall, proportionally slower).
+    random_share: share of the budget kept for uniformly drawn classes even when the neighbours
+        would fill it, so that every class keeps being pushed away from the batch now and then.
+    logit_correction: the drawn classes' logits get ``log(n / d)``, as in ``Random`` (see
+        ``Selection``): the neighbours are scored outright, the drawn classes stand for the rest.
     """
 
     EXACT_UP_TO: ClassVar[int] = 1 << 17  # exact, 10^5 classes, dim 128, bf16: 29 s on 2 cores
@@ -33,6 +37,8 @@ class KNN:
     refresh_every: int = 1000
     build: str = "auto"
     nprobe: int = 4
+    random_share: float = 0.25
+    logit_correction: bool = True
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -47,6 +53,8 @@ class KNN:
             raise ValueError(f"KNN build must be 'auto', 'exact' or 'ivf', got {self.build!r}")
         if self.nprobe < 1:
             raise ValueError(f"KNN nprobe must be >= 1, got {self.nprobe}")
+        if not 0 <= self.random_share <= 1:
+            raise ValueError(f"KNN random_share must be in [0, 1], got {self.random_share}")
 
     def uses_ivf(self, num_classes: int) -> bool:
         """Whether the graph of ``num_classes`` classes is built approximately."""
@@ -65,8 +73,8 @@ class KNN:
         num_local: int,
         budget: int,
         generator: torch.Generator,
-    ) -> torch.Tensor:
-        """Active rows of this shard, sorted.
+    ) -> Selection:
+        """Active rows of this shard.
 
         positives [n]: local rows of the batch's labels in this shard (may repeat);
         neighbours [m, k]: global ids of the graph neighbours of every label of the batch
@@ -77,4 +85,5 @@ class KNN:
         nearest_first = nearest_first[(nearest_first >= 0) & (nearest_first < num_local)]
         ranked = first_occurrences(torch.cat([positives, nearest_first]))
         wanted = max(budget, len(positives))
-        return fill_uniform(ranked[:wanted], wanted, num_local, generator)
+        chosen = ranked[: max(wanted - int(self.random_share * budget), len(positives))]
+        return select_with_fill(chosen, wanted, num_local, generator, self.logit_correction)

@@ -2,9 +2,47 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 _DENSE_FRACTION = 0.25  # above this share of the shard, one pass over the shard is cheaper
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A shard's active classes in one step.
+
+    rows: [A] int64, sorted local rows.
+    logit_offsets: [A] fp32, or None for none. The sampled-softmax correction for a uniform
+        fill: of the ``n`` rows of the shard that were not chosen outright, ``d`` were drawn, and
+        each drawn row stands for ``n / d`` of them, so its logits get ``log(n / d)`` added (0 for
+        chosen rows). The sum of exponentials over the active rows is then an unbiased estimate
+        of the sum over the whole shard, and a drawn negative gets, on average over draws, the
+        gradient that the full softmax gives it. Without the correction the fill's negatives
+        count ``d / n`` times too little.
+    """
+
+    rows: torch.Tensor
+    logit_offsets: torch.Tensor | None = None
+
+
+def select_with_fill(
+    chosen: torch.Tensor,
+    wanted: int,
+    num_local: int,
+    generator: torch.Generator,
+    correct: bool,
+) -> Selection:
+    """``fill_uniform``, with the logit correction of the drawn rows when ``correct``."""
+    rows = fill_uniform(chosen, wanted, num_local, generator)
+    unchosen, drawn = num_local - len(chosen), len(rows) - len(chosen)
+    if not correct or drawn in (0, unchosen):  # nothing drawn, or every row: no correction
+        return Selection(rows)
+    offsets = torch.zeros(len(rows), device=rows.device)
+    offsets[~torch.isin(rows, chosen.to(rows.device))] = math.log(unchosen / drawn)
+    return Selection(rows, offsets)
 
 
 def fill_uniform(

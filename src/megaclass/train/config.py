@@ -83,6 +83,8 @@ class HeadConfig:
     refresh_every: int = 150  # knn: steps between graph rebuilds
     graph_build: str = "auto"  # knn: "exact", "ivf" or "auto" (exact up to 2^17 classes)
     nprobe: int = 4  # knn with an IVF graph: lists each class searches
+    knn_random_share: float = 0.25  # knn: share of the budget always drawn uniformly
+    logit_correction: bool = True  # random, knn: drawn classes' logits + log(1 / draw rate)
     chunk_size: int = 8192
     matmul_dtype: str = "bf16"
 
@@ -97,6 +99,10 @@ class HeadConfig:
         _at_least("head.refresh_every", self.refresh_every, 1)
         _choice("head.graph_build", self.graph_build, ("auto", "exact", "ivf"))
         _at_least("head.nprobe", self.nprobe, 1)
+        if not 0 <= self.knn_random_share <= 1:
+            raise ValueError(
+                f"head.knn_random_share must be in [0, 1], got {self.knn_random_share}"
+            )
         _choice("head.matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)
         _at_least("head.chunk_size", self.chunk_size, 1)
 

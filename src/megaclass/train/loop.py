@@ -315,10 +315,16 @@ def build_sampler(config: RunConfig) -> samplers.Sampler:
     """The sampler named by ``config.head``."""
     head = config.head
     if head.sampler == "random":
-        return samplers.Random(head.budget)
+        return samplers.Random(head.budget, logit_correction=head.logit_correction)
     if head.sampler == "knn":
         return samplers.KNN(
-            head.knn_k, head.budget, head.refresh_every, head.graph_build, head.nprobe
+            head.knn_k,
+            head.budget,
+            head.refresh_every,
+            head.graph_build,
+            head.nprobe,
+            random_share=head.knn_random_share,
+            logit_correction=head.logit_correction,
         )
     return samplers.Full()
 
