@@ -125,6 +125,29 @@ def test_sparse_sgd_equals_dense_sgd_with_zero_gradients_elsewhere(settings):
     assert torch.allclose(sparse_param, dense_param, rtol=1e-5, atol=1e-6)
 
 
+def test_sparse_sgd_row_norm_keeps_the_rows_it_writes_at_that_norm():
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(30, 4, generator=g)
+    rows = torch.tensor([2, 11, 25])
+    sparse_param = torch.nn.Parameter(weight.clone())
+    twin = torch.nn.Parameter(weight[rows].clone())
+    sparse_opt = SparseSGD([sparse_param], lr=0.1, momentum=0.9, row_norm=0.3)
+    twin_opt = torch.optim.SGD([twin], lr=0.1, momentum=0.9)
+    for _ in range(4):
+        values = torch.randn(3, 4, generator=g)
+        sparse_param.grad = torch.sparse_coo_tensor(rows[None], values, (30, 4))
+        twin.grad = values.clone()
+        sparse_opt.step()
+        twin_opt.step()
+        with torch.no_grad():
+            twin.mul_(0.3 / twin.norm(dim=1, keepdim=True))
+    assert torch.allclose(sparse_param[rows], twin, rtol=1e-5, atol=1e-7)
+    untouched = torch.ones(30, dtype=torch.bool).index_fill_(0, rows, False)
+    assert torch.equal(sparse_param[untouched], weight[untouched])
+    sparse_opt.catch_up()  # brings every row up to date, at the norm
+    assert torch.allclose(sparse_param.norm(dim=1), torch.full((30,), 0.3))
+
+
 def test_sparse_sgd_with_dense_gradients_is_torch_sgd():
     g = torch.Generator().manual_seed(1)
     a = torch.nn.Parameter(torch.randn(6, 3, generator=g))
@@ -153,6 +176,7 @@ def test_sparse_sgd_rejects_bad_settings():
         {"lr": 0.1, "momentum": 1.0},
         {"lr": 0.1, "nesterov": True},
         {"lr": 0.1, "weight_decay": -1},
+        {"lr": 0.1, "row_norm": -1.0},
     ):
         with pytest.raises(ValueError):
             SparseSGD(p, **kwargs)

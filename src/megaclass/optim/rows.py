@@ -77,3 +77,12 @@ def add_to_rows(
         tensor.add_(values, alpha=alpha)
     else:
         tensor.index_add_(0, rows, values, alpha=alpha)
+
+
+def rescale_rows(tensor: torch.Tensor, rows: torch.Tensor | None, norm: float) -> None:
+    """Rows (None: all) of ``tensor`` [n, ...] rescaled to L2 norm ``norm`` (none if it is 0)."""
+    if not norm:
+        return
+    values = read_rows(tensor, rows)
+    norms = values.flatten(1).norm(dim=1).clamp_min(1e-12)  # [n]
+    write_rows(tensor, rows, values.mul_((norm / norms).view(-1, *[1] * (values.dim() - 1))))

@@ -11,6 +11,7 @@ from megaclass.optim.rows import (
     RowSparseOptimizer,
     add_to_rows,
     read_rows,
+    rescale_rows,
     touched_rows,
     write_rows,
 )
@@ -37,6 +38,14 @@ class SparseSGD(RowSparseOptimizer):
     it uses the current one. ``catch_up()`` brings every row up to date (before evaluating or
     exporting the weights). A step's cost stays proportional to its active rows.
 
+    row_norm (> 0, for parameters of 2 or more dimensions): after each update, the rows it wrote
+    are rescaled to this norm. For a head whose logits see only each row's direction (cosine
+    margins) this changes nothing in the forward pass, but keeps every row's angular step at
+    ``lr / row_norm^2`` times its gradient: otherwise a row's norm grows with the square sum of
+    its past updates, and a sampled softmax, whose negatives get fewer but larger updates than
+    under the full softmax, would slow its rare classes' learning by inflating their norms.
+    (Weight decay is then undone by the rescaling; momentum still acts.)
+
     The momentum buffer (``state[p]["momentum_buffer"]``) is ``torch.optim.SGD``'s; the step
     count is ``state[p]["step"]`` (a 0-dim tensor).
     """
@@ -48,6 +57,7 @@ class SparseSGD(RowSparseOptimizer):
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         nesterov: bool = False,
+        row_norm: float = 0.0,
     ) -> None:
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
@@ -57,11 +67,14 @@ class SparseSGD(RowSparseOptimizer):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         if nesterov and momentum == 0:
             raise ValueError("nesterov needs momentum > 0")
+        if row_norm < 0:
+            raise ValueError(f"row_norm must be >= 0 (0: off), got {row_norm}")
         defaults = {
             "lr": lr,
             "momentum": momentum,
             "weight_decay": weight_decay,
             "nesterov": nesterov,
+            "row_norm": row_norm,
         }
         super().__init__(params, defaults)
 
@@ -82,6 +95,7 @@ class SparseSGD(RowSparseOptimizer):
             write_rows(buffer, rows, moved)
             step = step.add(moved, alpha=momentum) if group["nesterov"] else moved
         add_to_rows(param, rows, step, alpha=-group["lr"])
+        rescale_rows(param, rows, group["row_norm"])
 
     @torch.no_grad()
     def catch_up(self) -> None:
@@ -91,6 +105,7 @@ class SparseSGD(RowSparseOptimizer):
                 if param in self.state and "last_step" in self.state[param]:
                     self._catch_up_rows(param, self.state[param], None, group)
                     self.state[param]["last_step"].fill_(int(self.state[param]["step"]))
+                    rescale_rows(param, None, group["row_norm"])
 
     def _row_state(self, param: torch.Tensor, group: dict) -> dict:
         state = self.state[param]

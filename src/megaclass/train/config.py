@@ -116,6 +116,7 @@ class OptimConfig:
     lr: float = 0.2
     head_lr: float = 0.0  # 0: same as lr
     head_optimizer: str = "sgd"  # "sgd" (SparseSGD with momentum) or "rowadagrad"
+    head_row_norm: float = 0.3  # sgd with a cosine margin: rows kept at this norm (0: off)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_steps: int = 20
@@ -125,6 +126,7 @@ class OptimConfig:
             raise ValueError(f"optim.lr must be > 0, got {self.lr}")
         _at_least("optim.head_lr", self.head_lr, 0.0)
         _choice("optim.head_optimizer", self.head_optimizer, HEAD_OPTIMIZERS)
+        _at_least("optim.head_row_norm", self.head_row_norm, 0.0)
         if not 0 <= self.momentum < 1:
             raise ValueError(f"optim.momentum must be in [0, 1), got {self.momentum}")
         _at_least("optim.weight_decay", self.weight_decay, 0.0)

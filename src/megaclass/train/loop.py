@@ -335,7 +335,11 @@ def build_head_optimizer(config: RunConfig, head: ClassifierHead) -> torch.optim
     if opt.head_optimizer == "rowadagrad":
         return RowAdaGrad(head, lr=opt.head_lr or opt.lr, weight_decay=opt.weight_decay)
     return SparseSGD(
-        head, lr=opt.head_lr or opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay
+        head,
+        lr=opt.head_lr or opt.lr,
+        momentum=opt.momentum,
+        weight_decay=opt.weight_decay,
+        row_norm=opt.head_row_norm if head.margin.normalize else 0.0,
     )
 
 
