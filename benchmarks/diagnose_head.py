@@ -1,0 +1,60 @@
+"""Is a run's accuracy limited by its backbone or by its head? Usage: diagnose_head.py RUN...
+
+For each run folder (single-rank synthetic-catalogue run) it prints held-out top-1 of the trained
+head and of a nearest-centroid classifier built from the same backbone (each class's mean
+normalised embedding over the run's training samples): equal centroid accuracy with unequal head
+accuracy puts the gap in the head. Then, by how often a class was seen in training, the mean norm
+of its head row and the cosine between that row and the class centroid.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from megaclass.train.checkpoint import latest_checkpoint, load_checkpoint
+from megaclass.train.config import load_config
+from megaclass.train.loop import build_model
+
+SEEN_BUCKETS = [(0, 0), (1, 3), (4, 20), (21, 200), (201, None)]
+
+
+@torch.no_grad()
+def diagnose(run: Path) -> None:
+    config = load_config(str(run / "config.toml"))
+    model = build_model(config, None)
+    state, _ = load_checkpoint(latest_checkpoint(run), model.head)
+    model.backbone.load_state_dict(state.backbone)
+    model.backbone.eval()
+    data, num_classes = model.dataset, model.dataset.num_classes
+    sums = torch.zeros(num_classes, config.model.embedding_dim)  # [C, D]
+    seen = torch.zeros(num_classes)
+    for step in range(config.train.steps):
+        inputs, labels = data.train_batch(step, config.train.batch_size)
+        sums.index_add_(0, labels, F.normalize(model.backbone(inputs), dim=1))
+        seen += torch.bincount(labels, minlength=num_classes)
+    centroids = F.normalize(sums, dim=1)
+    rows = model.head.weight.detach().float()
+    directions = F.normalize(rows, dim=1)
+    head_hits = centroid_hits = total = 0
+    for inputs, labels in data.eval_batches(1024):
+        embeddings = F.normalize(model.backbone(inputs), dim=1)
+        head_hits += int(((embeddings @ directions.t()).argmax(1) == labels).sum())
+        centroid_hits += int(((embeddings @ centroids.t()).argmax(1) == labels).sum())
+        total += len(labels)
+    print(f"{run}: head top-1 {head_hits / total:.4f}, centroid top-1 {centroid_hits / total:.4f}")
+    alignment = (centroids * directions).sum(1)
+    norms = rows.norm(dim=1)
+    for low, high in SEEN_BUCKETS:
+        chosen = (seen >= low) & (seen <= (high if high is not None else float("inf")))
+        label = f"{low}+" if high is None else f"{low}-{high}"
+        print(
+            f"  seen {label:>7} times: {int(chosen.sum()):>9,} classes, row norm "
+            f"{norms[chosen].mean():.3f}, cos(row, centroid) {alignment[chosen].mean():.3f}"
+        )
+
+
+if __name__ == "__main__":
+    for folder in sys.argv[1:]:
+        diagnose(Path(folder))
