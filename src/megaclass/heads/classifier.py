@@ -14,8 +14,8 @@ from megaclass.distributed import all_gather_ints, gather_rows, rank_and_size, s
 from megaclass.functional import shard_topk
 from megaclass.functional.margins import Margin, Softmax
 from megaclass.heads.sharded_cross_entropy import ShardSpec, sharded_cross_entropy
-from megaclass.index import build_ivf_knn_graph, build_knn_graph
-from megaclass.samplers import KNN, Full, Random, Sampler, Selection
+from megaclass.index import BinaryIVF, build_ivf_knn_graph, build_knn_graph
+from megaclass.samplers import ANN, KNN, Full, Random, Sampler, Selection
 
 _KEPT_LOGITS_MAX = 1 << 27  # elements (512 MB in fp32) of sampled logits kept for backward
 _INIT_STD = 0.01
@@ -91,9 +91,10 @@ class ClassifierHead(nn.Module):
                 f"matmul_dtype must be float32, bfloat16 or float16, got {matmul_dtype}"
             )
         sampler = Full() if sampler is None else sampler
-        if not isinstance(sampler, Full | Random | KNN):
+        if not isinstance(sampler, Full | Random | KNN | ANN):
             raise ValueError(
-                f"sampler {sampler!r} is not supported; available: Full(), Random(rate), KNN(...)"
+                f"sampler {sampler!r} is not supported; available: Full(), Random(rate), "
+                "KNN(...), ANN(...)"
             )
         self.num_classes = num_classes
         self.embedding_dim = embedding_dim
@@ -114,7 +115,9 @@ class ClassifierHead(nn.Module):
         # Class sampling: the same draws for the same (seed, rank) in every run.
         self.sampling_generator = torch.Generator().manual_seed(seed * 1_000_003 + self.rank)
         self.knn_graph: torch.Tensor | None = None  # [num_local, k] int32 global ids (KNN only)
-        self.steps_since_graph = 0
+        self.ann_index: BinaryIVF | None = None  # this shard's classes (ANN only)
+        self._rows_to_reindex: torch.Tensor | None = None  # ANN: rows the last step updated
+        self.steps_since_graph = 0  # training steps since the graph or index was built
 
     @property
     def num_local(self) -> int:
@@ -137,7 +140,7 @@ class ClassifierHead(nn.Module):
         ).float()
         if self.margin.normalize:
             queries = F.normalize(queries, dim=1) * self.margin.scale
-        selection, num_active = self._active_rows(all_labels)
+        selection, num_active = self._active_rows(all_labels, queries)
         active_rows = None if selection is None else selection.rows
         spec = ShardSpec(
             class_start=self.class_range[0],
@@ -148,6 +151,7 @@ class ClassifierHead(nn.Module):
             matmul_dtype=self.matmul_dtype,
             active_rows=active_rows,
             logit_offsets=None if selection is None else selection.logit_offsets,
+            groups=None if selection is None else selection.groups,
         )
         loss = sharded_cross_entropy(queries, self.weight, all_labels, spec)
         return HeadOutput(loss=loss, num_active=num_active)
@@ -159,7 +163,9 @@ class ClassifierHead(nn.Module):
             return None
         return self.chunk_size
 
-    def _active_rows(self, all_labels: torch.Tensor) -> tuple[Selection | None, int]:
+    def _active_rows(
+        self, all_labels: torch.Tensor, queries: torch.Tensor
+    ) -> tuple[Selection | None, int]:
         """This shard's sampled rows (None: all) and the number of active classes of all ranks.
 
         Collective on ``process_group`` when sampling: one all_reduce (SUM) of a scalar.
@@ -171,6 +177,8 @@ class ClassifierHead(nn.Module):
         positives = all_labels[owned] - start
         if isinstance(self.sampler, KNN):
             active = self._knn_rows(positives)
+        elif isinstance(self.sampler, ANN):
+            active = self._ann_rows(torch.where(owned, all_labels - start, -1), queries)
         else:
             active = self.sampler.select(positives, self.num_local, self.sampling_generator)
         total = torch.tensor([len(active.rows)], dtype=torch.int64, device=self.weight.device)
@@ -178,14 +186,30 @@ class ClassifierHead(nn.Module):
             dist.all_reduce(total, group=self.process_group)
         return active, int(total)
 
-    def knn_graph_due(self) -> bool:
-        """Whether the next training step (re)builds the class graph (KNN sampler only)."""
-        return isinstance(self.sampler, KNN) and (
-            self.knn_graph is None or self.steps_since_graph >= self.sampler.refresh_every
-        )
+    def class_index_due(self) -> bool:
+        """Whether the next training step (re)builds the class graph (KNN) or index (ANN)."""
+        if isinstance(self.sampler, KNN):
+            built = self.knn_graph is not None
+        elif isinstance(self.sampler, ANN):
+            built = self.ann_index is not None
+        else:
+            return False
+        return not built or self.steps_since_graph >= self.sampler.refresh_every
 
-    def rebuild_knn_graph(self) -> None:
-        """Rebuild the class KNN graph from the current weights (collective: every rank)."""
+    def rebuild_class_index(self) -> None:
+        """Rebuild the class KNN graph (collective: every rank) or this shard's ANN index from
+        the current weights."""
+        if isinstance(self.sampler, ANN):
+            self.ann_index = BinaryIVF(
+                self.sampler.num_bits,
+                self.sampler.num_lists,
+                self.sampler.rotation,
+                seed=self.seed * 1_000_003 + self.rank,
+                matmul_dtype=self.matmul_dtype,
+            ).build(self.weight)
+            self._rows_to_reindex = None
+            self.steps_since_graph = 0
+            return
         settings = {"chunk_size": self.chunk_size or 8192, "matmul_dtype": self.matmul_dtype}
         if self.sampler.uses_ivf(self.num_classes):
             build = functools.partial(
@@ -202,8 +226,8 @@ class ClassifierHead(nn.Module):
         Collectives on ``process_group``: an all_gather of one int and one of the neighbour
         lists [labels owned, k] of every rank; graph rebuilds as in ``build_knn_graph``.
         """
-        if self.knn_graph_due():
-            self.rebuild_knn_graph()
+        if self.class_index_due():
+            self.rebuild_class_index()
         if torch.is_grad_enabled():
             self.steps_since_graph += 1
         mine = self.knn_graph[positives].long()  # [n_own, k]
@@ -218,6 +242,30 @@ class ClassifierHead(nn.Module):
             budget,
             self.sampling_generator,
         )
+
+    def _ann_rows(self, positives: torch.Tensor, queries: torch.Tensor) -> Selection:
+        """Classes of this shard retrieved for every sample of the global batch, with the
+        batch's labels, in groups of samples (see ``ANN``).
+
+        positives [B]: each sample's label as a local row, -1 where another shard owns it;
+        queries [B, D]. No collective: every rank searches its own shard's index.
+        """
+        if self.class_index_due():
+            self.rebuild_class_index()
+        elif self._rows_to_reindex is not None:
+            self.ann_index.update(self._rows_to_reindex)  # the optimizer has moved them since
+        retrieved = self.ann_index.search(
+            queries,
+            self.sampler.local_k(self.num_classes, self.num_local),
+            self.sampler.nprobe,
+            self.sampler.rerank,
+        )[1]  # [B, k_local]
+        lists = self.ann_index.assign(queries, 1)[:, 0]  # [B]
+        selection = self.sampler.select(positives, retrieved, lists)
+        if torch.is_grad_enabled():
+            self.steps_since_graph += 1
+            self._rows_to_reindex = selection.rows
+        return selection
 
     @torch.no_grad()
     def predict_topk(

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from megaclass.distributed import logsumexp_across
 from megaclass.functional import shard_logsumexp, shard_softmax_backward, shard_targets
 from megaclass.functional.margins import Margin
+from megaclass.samplers.selection import SampleGroups
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class ShardSpec:
     matmul_dtype: torch.dtype
     active_rows: torch.Tensor | None = None  # sorted rows of ``weight`` scored; None: all
     logit_offsets: torch.Tensor | None = None  # [A] fp32 added to the active rows' logits
+    groups: SampleGroups | None = None  # with active rows: each group's columns of them
 
 
 def sharded_cross_entropy(
@@ -46,7 +48,9 @@ def sharded_cross_entropy(
     label of the batch that this shard owns) and the weight gradient is a sparse COO tensor
     holding only those rows: no dense [C_local, D] gradient is formed. ``spec.logit_offsets``
     (with active rows) is added to the logits of each active row, its target logits excepted:
-    the sampled-softmax correction (see ``megaclass.samplers.Selection``).
+    the sampled-softmax correction (see ``megaclass.samplers.Selection``). With ``spec.groups``
+    each group of samples is scored over its own columns of the active rows only (its softmax
+    runs over those, on every shard).
 
     Collectives on ``spec.group`` (forward only): those of ``logsumexp_across``, i.e. one
     all_reduce MAX of [B] and one all_reduce SUM of [2, B]. The backward pass communicates nothing.
@@ -64,52 +68,50 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         if spec.active_rows is not None:
             scored = weight.index_select(0, spec.active_rows)  # [A, D]
             local = torch.searchsorted(spec.active_rows, local.clamp(0, weight.shape[0] - 1))
-        target_rows = torch.where(owned, local, torch.full_like(local, -1))
-        targets = shard_targets(queries, scored, target_rows, spec.margin)
-        shard_lse = shard_logsumexp(
-            queries,
-            scored,
-            targets,
-            normalize=spec.margin.normalize,
-            chunk_size=spec.chunk_size,
-            matmul_dtype=spec.matmul_dtype,
-            offsets=spec.logit_offsets,
+        target_rows = torch.where(owned, local, torch.full_like(local, -1))  # [B] rows of scored
+        row_max, sum_exp, target_logits = (
+            torch.empty(len(labels), device=queries.device) for _ in range(3)
         )
-        lse, target_logits = logsumexp_across(
-            shard_lse.row_max, shard_lse.sum_exp, targets.logits, spec.group
-        )
+        blocks = []
+        for members, columns in _groups(spec.groups):
+            block = _Block(queries, scored, target_rows, members, columns, spec)
+            block.forward(spec)
+            row_max[members], sum_exp[members] = block.lse.row_max, block.lse.sum_exp
+            target_logits[members] = block.targets.logits
+            blocks.append(block)
+        lse, target_logits = logsumexp_across(row_max, sum_exp, target_logits, spec.group)
         num_valid = valid.sum().clamp_min(1)
         row_loss = torch.where(valid, lse - target_logits, torch.zeros_like(lse))  # [B]
-        ctx.save_for_backward(queries, scored, valid, lse)
-        ctx.weight_shape = weight.shape
-        ctx.targets, ctx.shard_lse, ctx.num_valid, ctx.spec = targets, shard_lse, num_valid, spec
+        ctx.save_for_backward(valid, lse)
+        ctx.scored_shape, ctx.weight_shape = scored.shape, weight.shape
+        ctx.queries_shape, ctx.queries_dtype = queries.shape, queries.dtype
+        ctx.blocks, ctx.num_valid, ctx.spec = blocks, num_valid, spec
         return row_loss.sum() / num_valid
 
     @staticmethod
     def backward(ctx, grad_loss):
-        queries, scored, valid, lse = ctx.saved_tensors
+        valid, lse = ctx.saved_tensors
         spec = ctx.spec
-        if ctx.shard_lse is None:
+        if ctx.blocks is None:
             raise RuntimeError(
                 "the sampled softmax keeps its logits for one backward pass and overwrites them "
                 "there; a second backward through the same forward (retain_graph) needs a new "
                 "forward pass"
             )
         row_grad = valid.float() * (grad_loss / ctx.num_valid)  # [B]
-        grad_queries, grad_scored = shard_softmax_backward(
-            queries,
-            scored,
-            ctx.targets,
-            lse,
-            row_grad,
-            ctx.shard_lse,
-            normalize=spec.margin.normalize,
-            chunk_size=spec.chunk_size,
-            matmul_dtype=spec.matmul_dtype,
-            offsets=spec.logit_offsets,
-        )
-        if ctx.shard_lse.kept_exp is not None:
-            ctx.shard_lse = None  # consumed
+        grad_queries = torch.zeros(ctx.queries_shape, device=lse.device)
+        grad_scored = None
+        for block in ctx.blocks:
+            block_queries, block_scored = block.backward(lse, row_grad, spec)
+            grad_queries[block.members] += block_queries
+            if block.columns is None:
+                grad_scored = block_scored
+            else:
+                if grad_scored is None:
+                    grad_scored = block_scored.new_zeros(ctx.scored_shape)
+                grad_scored.index_add_(0, block.columns, block_scored)
+        if any(block.lse.kept_exp is not None for block in ctx.blocks):
+            ctx.blocks = None  # consumed
         if spec.active_rows is None:
             grad_weight = grad_scored
         else:
@@ -120,4 +122,60 @@ class _ShardedCrossEntropy(torch.autograd.Function):
                 is_coalesced=True,
                 check_invariants=False,
             )
-        return grad_queries.to(queries.dtype), grad_weight, None, None
+        return grad_queries.to(ctx.queries_dtype), grad_weight, None, None
+
+
+def _groups(groups: SampleGroups | None):
+    """(members, columns) of each group; one group of every row and column without groups."""
+    if groups is None:
+        yield slice(None), None
+        return
+    yield from zip(groups.members, groups.columns, strict=True)
+
+
+class _Block:
+    """One group of samples (queries[members]) and the active rows it is scored over
+    (scored[columns]; all of them when columns is None)."""
+
+    def __init__(self, queries, scored, target_rows, members, columns, spec: ShardSpec):
+        self.members, self.columns = members, columns
+        self.queries = queries[members]  # [b, D]
+        target_rows = target_rows[members]
+        self.offsets = spec.logit_offsets
+        if columns is None:
+            self.scored = scored
+        else:
+            self.scored = scored.index_select(0, columns)  # [a, D]
+            if self.offsets is not None:
+                self.offsets = self.offsets[columns]
+            owned = target_rows >= 0
+            position = torch.searchsorted(columns, target_rows).clamp_max(len(columns) - 1)
+            if bool(owned.any()) and bool((columns[position] != target_rows)[owned].any()):
+                raise RuntimeError("a group's columns miss one of its samples' labels")
+            target_rows = torch.where(owned, position, target_rows)
+        self.targets = shard_targets(self.queries, self.scored, target_rows, spec.margin)
+
+    def forward(self, spec: ShardSpec) -> None:
+        self.lse = shard_logsumexp(
+            self.queries,
+            self.scored,
+            self.targets,
+            normalize=spec.margin.normalize,
+            chunk_size=spec.chunk_size,
+            matmul_dtype=spec.matmul_dtype,
+            offsets=self.offsets,
+        )
+
+    def backward(self, lse, row_grad, spec: ShardSpec):
+        return shard_softmax_backward(
+            self.queries,
+            self.scored,
+            self.targets,
+            lse[self.members],
+            row_grad[self.members],
+            self.lse,
+            normalize=spec.margin.normalize,
+            chunk_size=spec.chunk_size,
+            matmul_dtype=spec.matmul_dtype,
+            offsets=self.offsets,
+        )

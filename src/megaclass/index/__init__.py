@@ -1,6 +1,8 @@
-"""Class retrieval structures (no autograd): class KNN graphs, exact and from an IVF partition."""
+"""Class retrieval structures (no autograd): class KNN graphs, exact and from an IVF partition;
+the binary-code IVF index of ANN softmax."""
 
+from megaclass.index.binary_ivf import BinaryIVF
 from megaclass.index.ivf_graph import build_ivf_knn_graph, spherical_kmeans
 from megaclass.index.knn_graph import build_knn_graph
 
-__all__ = ["build_ivf_knn_graph", "build_knn_graph", "spherical_kmeans"]
+__all__ = ["BinaryIVF", "build_ivf_knn_graph", "build_knn_graph", "spherical_kmeans"]

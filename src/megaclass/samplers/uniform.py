@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
+from megaclass.samplers.selection import Selection
+
 _DENSE_FRACTION = 0.25  # above this share of the shard, one pass over the shard is cheaper
-
-
-@dataclass(frozen=True)
-class Selection:
-    """A shard's active classes in one step.
-
-    rows: [A] int64, sorted local rows.
-    logit_offsets: [A] fp32, or None for none. The sampled-softmax correction for a uniform
-        fill: of the ``n`` rows of the shard that were not chosen outright, ``d`` were drawn, and
-        each drawn row stands for ``n / d`` of them, so its logits get ``log(n / d)`` added (0 for
-        chosen rows). The sum of exponentials over the active rows is then an unbiased estimate
-        of the sum over the whole shard, and a drawn negative gets, on average over draws, the
-        gradient that the full softmax gives it. Without the correction the fill's negatives
-        count ``d / n`` times too little.
-    """
-
-    rows: torch.Tensor
-    logit_offsets: torch.Tensor | None = None
 
 
 def select_with_fill(

@@ -179,7 +179,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
             ):
                 for group_ in optimizer.param_groups:
                     group_["lr"] = base * lr_scale
-            if model.head.knn_graph_due():
+            if model.head.class_index_due():
                 graph_s += _build_graph(model.head, step, progress)
             inputs, labels = model.dataset.train_batch(step, batch, model.local_rows)
             device = model.head.weight.device
@@ -254,7 +254,7 @@ def _build_graph(head: ClassifierHead, step: int, progress: Progress) -> float:
     how = "IVF" if head.sampler.uses_ivf(head.num_classes) else "exact"
     progress.line(f"step {step}: building the class graph ({how}, {head.num_classes:,} classes)")
     began = time.perf_counter()
-    head.rebuild_knn_graph()
+    head.rebuild_class_index()
     seconds = time.perf_counter() - began
     progress.line(f"step {step}: class graph built in {seconds:.1f} s")
     return seconds

@@ -1,0 +1,278 @@
+"""``BinaryIVF``: binary codes of the class weights in an inverted file, searched by Hamming
+distance.
+
+Each class is stored twice, compactly:
+- its **list**: the nearest centroid (by cosine) of a coarse quantizer, spherical k-means on the
+  normalised weights, about sqrt(C) lists;
+- its **code**: the signs of a rotation of its normalised weight, ``num_bits`` bits packed into
+  int64 words (``num_bits / 8`` bytes a class, 16 at 128 bits, against 512 for fp32 at dim 128).
+  The rotation is random orthogonal, or learned to reduce the quantization error (iterative
+  quantization, ITQ: Gong and Lazebnik, 2011).
+
+``search(queries, k, nprobe)`` ranks the classes of the ``nprobe`` lists nearest to each query by
+the Hamming distance between codes (XOR, then a bit-parallel popcount: plain int64 tensor ops, on
+CPU and GPU alike), optionally re-ranks the best ``rerank`` of them by their exact cosine, and
+returns, per query, ``k`` classes with a score that estimates their cosine: ``cos(pi h / bits)``
+for Hamming distance ``h`` (the angle estimate of sign random projections), or the exact cosine
+after a re-rank. ``update(rows)`` re-encodes and re-assigns rows whose weights changed, so the index
+stays fresh between full rebuilds (``build``, which also retrains the quantizer and rotation).
+
+The index holds the rows of one weight matrix: in a sharded head each rank indexes its own shard.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from megaclass.index.ivf_graph import nearest_lists, spherical_kmeans
+
+ROTATIONS = ("random", "itq")
+_WORD_BITS = 64
+_TRAIN_POINTS_PER_LIST = 64  # k-means sample per list
+_ITQ_SAMPLE = 50_000
+_ITQ_ITERATIONS = 30
+_PAIRS_PER_BLOCK = 1 << 23  # (query, candidate) pairs scored at once: bounds search memory
+_M1, _M2, _M4 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F
+_H01 = 0x0101010101010101
+
+
+class BinaryIVF:
+    """An inverted file of binary codes over the rows of ``weight`` (see the module docstring).
+
+    num_bits: code length, a multiple of 64.
+    num_lists: coarse lists; 0 = round(sqrt(rows)).
+    rotation: ``"random"`` (orthogonal when num_bits <= dim) or ``"itq"`` (needs num_bits <= dim).
+    """
+
+    def __init__(
+        self,
+        num_bits: int = 128,
+        num_lists: int = 0,
+        rotation: str = "random",
+        seed: int = 0,
+        matmul_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if num_bits < _WORD_BITS or num_bits % _WORD_BITS:
+            raise ValueError(f"num_bits must be a positive multiple of 64, got {num_bits}")
+        if num_lists < 0:
+            raise ValueError(f"num_lists must be >= 0 (0: sqrt of the rows), got {num_lists}")
+        if rotation not in ROTATIONS:
+            raise ValueError(f"rotation must be one of {ROTATIONS}, got {rotation!r}")
+        self.num_bits = num_bits
+        self.num_lists = num_lists
+        self.rotation_kind = rotation
+        self.seed = seed
+        self.matmul_dtype = matmul_dtype
+        self.weight: torch.Tensor | None = None  # [C, D], the indexed rows (not a copy)
+        self.rotation: torch.Tensor | None = None  # [D, num_bits]
+        self.centroids: torch.Tensor | None = None  # [L, D] unit
+        self.codes: torch.Tensor | None = None  # [C, num_bits / 64] int64
+        self.lists: torch.Tensor | None = None  # [C] int64, each row's list
+        self._members: tuple[torch.Tensor, torch.Tensor] | None = None  # rows by list, offsets
+
+    @torch.no_grad()
+    def build(self, weight: torch.Tensor, train: bool = True) -> BinaryIVF:
+        """Index every row of ``weight`` [C, D] (kept by reference: ``update`` re-reads it).
+
+        train: fit a new coarse quantizer and rotation; False keeps those of the last build.
+        """
+        if weight.dim() != 2 or len(weight) == 0:
+            raise ValueError(f"weight must be [rows >= 1, dim], got {tuple(weight.shape)}")
+        self.weight = weight.detach()
+        if train or self.centroids is None:
+            generator = torch.Generator().manual_seed(self.seed)
+            sample = self._training_sample(generator)
+            self.centroids = self._coarse_quantizer(sample, generator)
+            self.rotation = self._fit_rotation(sample, generator)
+        elif self.rotation.shape[0] != weight.shape[1]:
+            raise ValueError(
+                f"weight has dim {weight.shape[1]}, the trained index {self.rotation.shape[0]}"
+            )
+        self.codes = self.encode(self.weight)
+        self.lists = self.assign(self.weight, 1)[:, 0]
+        self._members = None
+        return self
+
+    @torch.no_grad()
+    def update(self, rows: torch.Tensor) -> None:
+        """Re-encode and re-assign ``rows`` [n] of the indexed weight after they changed."""
+        self._check_built()
+        rows = rows.to(self.codes.device)
+        vectors = self.weight.index_select(0, rows)
+        self.codes[rows] = self.encode(vectors)
+        self.lists[rows] = self.assign(vectors, 1)[:, 0]
+        self._members = None
+
+    @torch.no_grad()
+    def encode(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Packed sign codes: vectors [n, D] -> int64 [n, num_bits / 64]."""
+        self._check_trained()
+        projected = F.normalize(vectors.float(), dim=1) @ self.rotation  # [n, bits]
+        return pack_bits(projected > 0)
+
+    @torch.no_grad()
+    def assign(self, vectors: torch.Tensor, nprobe: int) -> torch.Tensor:
+        """The ``nprobe`` nearest lists of each vector, nearest first: [n, D] -> [n, nprobe]."""
+        self._check_trained()
+        nprobe = min(nprobe, len(self.centroids))
+        return nearest_lists(F.normalize(vectors.float(), dim=1), self.centroids, nprobe)
+
+    @torch.no_grad()
+    def search(
+        self, queries: torch.Tensor, k: int, nprobe: int = 1, rerank: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` best rows for each query among the rows of its ``nprobe`` nearest lists.
+
+        queries [Q, D] -> (scores [Q, k] fp32, rows [Q, k] int64), best first; -inf and -1 where
+        fewer than k rows were probed. Rows are ranked by Hamming distance (ties: lower row
+        first); with ``rerank`` > 0 the best max(rerank, k) of them are re-ranked by exact cosine.
+        """
+        self._check_built()
+        if k < 1 or nprobe < 1 or rerank < 0:
+            raise ValueError(f"need k >= 1, nprobe >= 1, rerank >= 0; got {k}, {nprobe}, {rerank}")
+        probes = self.assign(queries, nprobe)  # [Q, p]
+        query_codes = self.encode(queries)  # [Q, W]
+        shortlist = max(k, rerank)
+        scores = torch.full((len(queries), k), float("-inf"), device=queries.device)
+        rows = torch.full((len(queries), k), -1, dtype=torch.int64, device=queries.device)
+        for block in self._query_blocks(probes):
+            distances, found = self._hamming_topk(probes[block], query_codes[block], shortlist)
+            if rerank:
+                block_scores, found = self._exact_topk(queries[block], found, k)
+            else:
+                distances, found = distances[:, :k], found[:, :k]
+                block_scores = torch.cos(distances.float() * (math.pi / self.num_bits))
+                block_scores[found < 0] = float("-inf")
+            scores[block, : found.shape[1]] = block_scores
+            rows[block, : found.shape[1]] = found
+        return scores, rows
+
+    def _hamming_topk(self, probes, query_codes, count):
+        """Per query, the ``count`` rows of its probed lists nearest in Hamming distance.
+
+        probes [q, p], query_codes [q, W] -> (distances [q, c] int64, rows [q, c], -1 padded)
+        with c = min(count, most rows probed by one query of the block).
+        """
+        order, offsets = self._lists_members()
+        sizes = (offsets[1:] - offsets[:-1])[probes]  # [q, p]
+        per_query = sizes.sum(1)  # [q]
+        # Every (query, probed row) pair, flat: the row's position in ``order``.
+        run_starts = offsets[:-1][probes].flatten().repeat_interleave(sizes.flatten())
+        pair_query = torch.arange(len(probes), device=probes.device).repeat_interleave(per_query)
+        first_pair = torch.cumsum(per_query, 0) - per_query  # [q]
+        run_first_pair = torch.cumsum(sizes.flatten(), 0) - sizes.flatten()
+        within_run = torch.arange(len(run_starts), device=probes.device) - (
+            run_first_pair.repeat_interleave(sizes.flatten())
+        )
+        pair_rows = order[run_starts + within_run]  # [T]
+        distances = popcount(self.codes[pair_rows] ^ query_codes[pair_query]).sum(1)  # [T]
+        # Pad to [q, most probed]; the key (distance, row) breaks ties by row.
+        width = int(per_query.max()) if len(per_query) else 0
+        keys = torch.full(
+            (len(probes), max(width, 1)), torch.iinfo(torch.int64).max, device=probes.device
+        )
+        position = torch.arange(len(pair_rows), device=probes.device) - first_pair[pair_query]
+        keys[pair_query, position] = distances * len(self.codes) + pair_rows
+        count = min(count, keys.shape[1])
+        best = keys.topk(count, dim=1, largest=False).values  # sorted, ascending
+        missing = best == torch.iinfo(torch.int64).max
+        found = torch.where(missing, -1, best % len(self.codes))
+        return torch.where(missing, self.num_bits, best // len(self.codes)), found
+
+    def _exact_topk(self, queries, candidates, k):
+        """Re-rank candidates [q, c] (-1 padded) by exact cosine: -> (scores [q, k'], rows)."""
+        unit_queries = F.normalize(queries.float(), dim=1)  # [q, D]
+        unit_rows = F.normalize(self.weight[candidates.clamp_min(0)].float(), dim=2)  # [q, c, D]
+        cosines = torch.einsum("qd,qcd->qc", unit_queries, unit_rows)
+        cosines[candidates < 0] = float("-inf")
+        best, picked = cosines.topk(min(k, cosines.shape[1]), dim=1)
+        return best, torch.where(best == float("-inf"), -1, candidates.gather(1, picked))
+
+    def _query_blocks(self, probes: torch.Tensor):
+        """Slices of queries whose (query, row) pairs stay within ``_PAIRS_PER_BLOCK``."""
+        _, offsets = self._lists_members()
+        probed = (offsets[1:] - offsets[:-1])[probes].sum(1)  # [Q]
+        per_block = max(1, _PAIRS_PER_BLOCK // max(1, int(probed.max()) if len(probed) else 1))
+        for start in range(0, len(probes), per_block):
+            yield slice(start, start + per_block)
+
+    def _lists_members(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows sorted by list [C] and each list's offsets in them [L + 1] (re-sorted lazily
+        after updates)."""
+        if self._members is None:
+            order = torch.argsort(self.lists, stable=True)
+            counts = torch.bincount(self.lists, minlength=len(self.centroids))
+            offsets = torch.zeros(len(counts) + 1, dtype=torch.int64, device=counts.device)
+            torch.cumsum(counts, 0, out=offsets[1:])
+            self._members = (order, offsets)
+        return self._members
+
+    def _training_sample(self, generator: torch.Generator) -> torch.Tensor:
+        """Normalised rows for k-means and ITQ: [n, D]."""
+        num_lists = self._num_lists()
+        size = min(len(self.weight), max(_TRAIN_POINTS_PER_LIST * num_lists, _ITQ_SAMPLE))
+        pick = torch.randperm(len(self.weight), generator=generator)[:size]
+        return F.normalize(self.weight[pick.to(self.weight.device)].float(), dim=1)
+
+    def _num_lists(self) -> int:
+        return self.num_lists or max(1, round(math.sqrt(len(self.weight))))
+
+    def _coarse_quantizer(self, sample: torch.Tensor, generator: torch.Generator):
+        points = sample[: _TRAIN_POINTS_PER_LIST * self._num_lists()]
+        return spherical_kmeans(
+            points, self._num_lists(), generator, matmul_dtype=self.matmul_dtype
+        )
+
+    def _fit_rotation(self, sample: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """[D, num_bits]: random orthogonal columns (Gaussian when num_bits > D), then ITQ."""
+        dim = sample.shape[1]
+        if self.rotation_kind == "itq" and self.num_bits > dim:
+            raise ValueError(f"rotation 'itq' needs num_bits <= dim, got {self.num_bits} > {dim}")
+        gaussian = torch.randn(dim, max(dim, self.num_bits), generator=generator)
+        if self.num_bits > dim:
+            return gaussian.to(sample.device)
+        rotation = torch.linalg.qr(gaussian).Q[:, : self.num_bits].to(sample.device)
+        if self.rotation_kind == "itq":
+            rotation = rotation @ _itq_rotation(sample @ rotation)
+        return rotation
+
+    def _check_trained(self) -> None:
+        if self.rotation is None:
+            raise RuntimeError("BinaryIVF is empty: call build(weight) first")
+
+    def _check_built(self) -> None:
+        if self.codes is None:
+            raise RuntimeError("BinaryIVF is empty: call build(weight) first")
+
+
+def _itq_rotation(projected: torch.Tensor) -> torch.Tensor:
+    """Orthogonal [b, b] R minimising ||sign(V R) - V R|| over the sample V [n, b] (ITQ:
+    alternate the codes and an orthogonal Procrustes fit)."""
+    rotation = torch.eye(projected.shape[1], device=projected.device)
+    for _ in range(_ITQ_ITERATIONS):
+        codes = torch.sign(projected @ rotation)
+        u, _, vh = torch.linalg.svd(projected.t() @ codes)
+        rotation = u @ vh
+    return rotation
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """bits [n, b] bool (b a multiple of 64) -> int64 [n, b / 64]; bit j of word w is bit
+    64 w + j (bit 63 is the sign bit: two's complement wraps)."""
+    n, b = bits.shape
+    powers = torch.ones(_WORD_BITS, dtype=torch.int64, device=bits.device) << torch.arange(
+        _WORD_BITS, device=bits.device
+    )
+    return (bits.view(n, b // _WORD_BITS, _WORD_BITS).long() * powers).sum(2)
+
+
+def popcount(words: torch.Tensor) -> torch.Tensor:
+    """Set bits of each int64 (bit-parallel SWAR; the masks clear what arithmetic shifts drag
+    in): [...] -> [...] int64."""
+    words = words - ((words >> 1) & _M1)
+    words = (words & _M2) + ((words >> 2) & _M2)
+    words = (words + (words >> 4)) & _M4
+    return (words * _H01) >> 56

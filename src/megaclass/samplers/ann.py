@@ -1,0 +1,88 @@
+"""The ``ANN`` sampler: ANN softmax, classes retrieved per sample from a binary-code IVF index."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from megaclass.index.binary_ivf import ROTATIONS
+from megaclass.samplers.selection import SampleGroups, Selection
+
+
+@dataclass(frozen=True)
+class ANN:
+    """Each sample retrieves the classes whose weights score highest against its embedding (its
+    hardest negatives) from a ``megaclass.index.BinaryIVF`` of the class weights; samples are
+    grouped and each group is scored over the union of its members' retrieved classes and labels.
+
+    Exactly which classes a sample's softmax runs over: on every rank, the classes of that rank's
+    shard retrieved for any sample of its group, plus the labels of its group that the shard
+    owns; summed over the ranks. Groups are formed on each rank: the global batch sorted by each
+    sample's nearest coarse list of that rank's index, cut into runs of ``group_size``, so that
+    members share many candidates and each group's logits are one dense block.
+
+    k: classes retrieved per sample over all shards (each shard retrieves its share,
+        ``ceil(k * shard / classes)``, from its own index).
+    group_size: samples per group: 1 is a softmax per sample over its own candidates; the whole
+        batch, one softmax over all candidates (as ``KNN``/``Random``). Larger groups: fewer,
+        larger matrix products and more negatives per sample, at more cost per sample.
+    nprobe: coarse lists searched per sample; num_lists: lists per shard (0: sqrt of the shard).
+    num_bits: code length (a multiple of 64); rotation: ``"random"`` or ``"itq"``.
+    rerank: the best ``rerank`` candidates by Hamming distance are re-ranked by exact cosine
+        (0: none).
+    refresh_every: steps between full rebuilds of the index (new coarse quantizer and rotation);
+        in between, the rows each step updated are re-encoded before the next step.
+    """
+
+    k: int = 256
+    group_size: int = 64
+    nprobe: int = 8
+    num_lists: int = 0
+    num_bits: int = 128
+    rotation: str = "random"
+    rerank: int = 0
+    refresh_every: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("k", "group_size", "nprobe", "refresh_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ANN {name} must be >= 1, got {getattr(self, name)}")
+        if self.num_lists < 0 or self.rerank < 0:
+            raise ValueError(
+                f"ANN num_lists and rerank must be >= 0, got {self.num_lists}, {self.rerank}"
+            )
+        if self.num_bits < 64 or self.num_bits % 64:
+            raise ValueError(f"ANN num_bits must be a positive multiple of 64, got {self.num_bits}")
+        if self.rotation not in ROTATIONS:
+            raise ValueError(f"ANN rotation must be one of {ROTATIONS}, got {self.rotation!r}")
+
+    def local_k(self, num_classes: int, num_local: int) -> int:
+        """Classes each sample retrieves from a shard of ``num_local`` classes."""
+        return min(num_local, math.ceil(self.k * num_local / num_classes))
+
+    def select(
+        self, positives: torch.Tensor, retrieved: torch.Tensor, lists: torch.Tensor
+    ) -> Selection:
+        """Active rows of this shard and each group's columns of them.
+
+        positives [B]: local row of each sample's label, -1 where another shard owns it;
+        retrieved [B, k]: local rows retrieved for each sample (-1 padded);
+        lists [B]: each sample's nearest coarse list (the grouping key).
+        """
+        order = torch.argsort(lists, stable=True)
+        members = order.split(self.group_size)
+        candidates = torch.cat([retrieved, positives[:, None]], dim=1)  # [B, k + 1]
+        per_group = [_distinct_rows(candidates[group]) for group in members]
+        rows = torch.cat(per_group).unique()  # sorted
+        if len(members) == 1:
+            return Selection(rows)
+        columns = tuple(torch.searchsorted(rows, group_rows) for group_rows in per_group)
+        return Selection(rows, groups=SampleGroups(members=tuple(members), columns=columns))
+
+
+def _distinct_rows(candidates: torch.Tensor) -> torch.Tensor:
+    """Sorted distinct rows >= 0 of candidates [b, c]."""
+    flat = candidates.flatten()
+    return flat[flat >= 0].unique()

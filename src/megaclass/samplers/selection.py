@@ -1,0 +1,41 @@
+"""What a sampler decides for a step: the active rows of a shard, and which samples score which."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SampleGroups:
+    """Samplers that choose per sample (``ANN``) score each group of samples over its own
+    subset of the active rows: group ``g``'s samples (rows ``members[g]`` of the global batch)
+    are scored over the active rows at positions ``columns[g]``.
+
+    members: one [b_g] int64 per group, batch rows; together a partition of the batch.
+    columns: one [a_g] int64 per group, sorted positions in ``Selection.rows``; every label of a
+        group's samples that this shard owns is among them.
+    """
+
+    members: tuple[torch.Tensor, ...]
+    columns: tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A shard's active classes in one step.
+
+    rows: [A] int64, sorted local rows.
+    logit_offsets: [A] fp32, or None for none. The sampled-softmax correction for a uniform
+        fill: of the ``n`` rows of the shard that were not chosen outright, ``d`` were drawn, and
+        each drawn row stands for ``n / d`` of them, so its logits get ``log(n / d)`` added (0 for
+        chosen rows). The sum of exponentials over the active rows is then an unbiased estimate
+        of the sum over the whole shard, and a drawn negative gets, on average over draws, the
+        gradient that the full softmax gives it. Without the correction the fill's negatives
+        count ``d / n`` times too little.
+    """
+
+    rows: torch.Tensor
+    logit_offsets: torch.Tensor | None = None
+    groups: SampleGroups | None = None  # None: every sample is scored over every active row

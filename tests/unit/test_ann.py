@@ -1,0 +1,114 @@
+"""The ANN sampler in the head: grouped softmax against a masked reference, Full equivalence."""
+
+import pytest
+import torch
+
+import megaclass
+from megaclass import margins, samplers
+from megaclass.optim import SparseSGD
+from tests.reference import ALL_MARGINS, reference_loss
+
+NUM_CLASSES, DIM, BATCH = 1007, 16, 29
+
+
+def _problem():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(BATCH, DIM, generator=g)
+    y = torch.randint(0, NUM_CLASSES, (BATCH,), generator=g)
+    y[2] = -100
+    return x, y, torch.randn(NUM_CLASSES, DIM, generator=g)
+
+
+def _recording_head(margin, sampler, w):
+    """A head whose ANN selections are recorded in ``head.selections``."""
+    head = megaclass.ClassifierHead(
+        NUM_CLASSES, DIM, margin=margin, sampler=sampler, chunk_size=100
+    )
+    with torch.no_grad():
+        head.weight.copy_(w)
+    head.selections = []
+    select = head._ann_rows
+
+    def recorded(*args):
+        head.selections.append(select(*args))
+        return head.selections[-1]
+
+    head._ann_rows = recorded
+    return head
+
+
+@pytest.mark.parametrize("margin", ALL_MARGINS, ids=repr)
+@pytest.mark.parametrize("group_size", [1, 8, 64])
+def test_ann_retrieving_every_class_equals_full(margin, group_size):
+    x, y, w = _problem()
+    results = []
+    for sampler in (samplers.Full(), samplers.ANN(k=NUM_CLASSES, group_size=group_size, nprobe=99)):
+        head = _recording_head(margin, sampler, w)
+        xr = x.clone().requires_grad_()
+        out = head(xr, y)
+        out.loss.backward()
+        grad = head.weight.grad
+        results.append((out.loss, xr.grad, grad.to_dense() if grad.is_sparse else grad))
+    for a, b in zip(*results, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("margin", [margins.CosFace(16.0, 0.2), margins.Softmax()], ids=repr)
+def test_each_group_is_scored_over_its_own_candidates_and_labels(margin):
+    """The loss and gradients are the float64 softmax of each sample over its group's classes
+    (every other logit masked out); labels are in their group; gradients touch active rows only."""
+    x, y, w = _problem()
+    sampler = samplers.ANN(k=40, group_size=6, nprobe=2, num_bits=64)
+    head = _recording_head(margin, sampler, w)
+    xr = x.clone().requires_grad_()
+    out = head(xr, y)
+    out.loss.backward()
+    SparseSGD(head, lr=0.1).step()
+    (selection,) = head.selections
+    groups = selection.groups
+    assert groups is not None and len(groups.members) == 5  # 29 samples in groups of 6
+    assert torch.equal(torch.sort(torch.cat(groups.members)).values, torch.arange(BATCH))
+    mask = torch.full((BATCH, NUM_CLASSES), float("-inf"), dtype=torch.float64)
+    for members, columns in zip(groups.members, groups.columns, strict=True):
+        classes = selection.rows[columns]
+        labels = y[members]
+        assert set(labels[labels >= 0].tolist()) <= set(classes.tolist())
+        assert len(classes) < NUM_CLASSES / 3  # retrieval, not everything
+        mask[members[:, None], classes[None]] = 0.0
+    assert out.num_active == len(selection.rows)
+    grad = head.weight.grad.coalesce()
+    assert torch.equal(grad.indices()[0], selection.rows)
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    want = reference_loss(x64, w64, y, margin, offsets=mask)
+    want.backward()
+    assert torch.allclose(out.loss.double(), want, rtol=1e-5)
+    assert torch.allclose(xr.grad.double(), x64.grad, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(grad.to_dense().double(), w64.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_the_index_follows_the_optimizer_and_is_rebuilt_on_schedule():
+    x, y, w = _problem()
+    head = _recording_head(margins.CosFace(16.0, 0.2), samplers.ANN(k=30, refresh_every=3), w)
+    optimizer = SparseSGD(head, lr=0.5)
+    indexes = []
+    for _ in range(4):
+        head(x, y).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        indexes.append(head.ann_index)
+    assert indexes[0] is indexes[1] is indexes[2] and indexes[3] is not indexes[2]
+    # Between rebuilds, the rows a step updated are re-encoded before the next search.
+    moved = head.selections[3].rows
+    assert not torch.equal(indexes[3].encode(head.weight.detach()[moved]), indexes[3].codes[moved])
+    head(x, y)
+    assert head.ann_index is indexes[3]
+    assert torch.equal(indexes[3].codes[moved], indexes[3].encode(head.weight.detach()[moved]))
+
+
+def test_ann_settings_are_checked():
+    with pytest.raises(ValueError, match="group_size"):
+        samplers.ANN(group_size=0)
+    with pytest.raises(ValueError, match="num_bits"):
+        samplers.ANN(num_bits=96)
+    with pytest.raises(ValueError, match="rotation"):
+        samplers.ANN(rotation="pq")
