@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     heads.add_argument("--dim", type=int, default=128)
     heads.add_argument("--batch", type=int, default=1024)
     heads.add_argument(
-        "--heads", default="naive,full", help="comma-separated: naive, full, random, knn"
+        "--heads", default="naive,full", help="comma-separated: naive, full, random, knn, ann"
     )
     heads.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     heads.add_argument("--warmup", type=int, default=1, help="untimed steps first")
@@ -77,12 +77,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     heads.add_argument("--knn-k", type=int, default=32, help="knn: graph neighbours per class")
     heads.add_argument(
-        "--refresh-every", type=int, default=1000, help="knn: steps per graph rebuild"
+        "--refresh-every", type=int, default=1000, help="knn, ann: steps per graph (index) rebuild"
     )
     heads.add_argument("--graph-build", default="auto", choices=["auto", "exact", "ivf"])
     heads.add_argument("--nprobe", type=int, default=4, help="knn, ivf graph: lists per class")
+    heads.add_argument("--ann-k", type=int, default=64, help="ann: classes retrieved per sample")
+    heads.add_argument("--group-size", type=int, default=64, help="ann: samples per group")
+    heads.add_argument("--ann-nprobe", type=int, default=8, help="ann: lists searched per sample")
+    heads.add_argument("--ann-bits", type=int, default=128, help="ann: code length")
+    heads.add_argument("--rerank", type=int, default=0, help="ann: candidates re-ranked exactly")
     heads.add_argument(
-        "--optimizer", default="sgd", choices=["sgd", "rowadagrad"], help="random, knn"
+        "--optimizer", default="sgd", choices=["sgd", "rowadagrad"], help="random, knn, ann"
     )
     heads.add_argument("--threads", type=int, default=None, help="torch threads per head")
     heads.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
@@ -143,6 +148,11 @@ def _bench_heads(args: argparse.Namespace) -> int:
         refresh_every=args.refresh_every,
         graph_build=args.graph_build,
         nprobe=args.nprobe,
+        ann_k=args.ann_k,
+        group_size=args.group_size,
+        ann_nprobe=args.ann_nprobe,
+        ann_bits=args.ann_bits,
+        rerank=args.rerank,
         optimizer=args.optimizer,
         threads=args.threads,
         device=args.device,

@@ -14,6 +14,9 @@ Heads:
 - ``knn``: ``ClassifierHead`` with ``KNN(k, budget)``, same optimizer. The class graph is built
   once before the timed steps; its build time is recorded (``graph_build_s``) with its cost per
   step amortised over ``refresh_every`` steps, apart from ``ms_per_step``.
+- ``ann``: ``ClassifierHead`` with ``ANN(k, group_size, ...)``, same optimizer. The index is
+  built before the timed steps (``index_build_s``); ``ms_per_step`` includes the retrieval (index
+  update, search and grouping), which is also reported alone (``retrieval_ms_per_step``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from torch import nn
 from megaclass.bench.machine import machine_info
 from megaclass.functional import margins
 
-HEADS = ("naive", "full", "random", "knn")
+HEADS = ("naive", "full", "random", "knn", "ann")
 OPTIMIZERS = ("sgd", "rowadagrad")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MARGINS = {
@@ -59,7 +62,12 @@ class HeadBenchConfig:
     refresh_every: int = 1000  # knn: only for the amortised graph cost
     graph_build: str = "auto"  # knn: auto, exact or ivf
     nprobe: int = 4  # knn, ivf graph
-    optimizer: str = "sgd"  # random, knn
+    ann_k: int = 64  # ann: classes retrieved per sample
+    group_size: int = 64  # ann: samples per group
+    ann_nprobe: int = 8  # ann: lists searched per sample
+    ann_bits: int = 128  # ann: code length
+    rerank: int = 0  # ann: candidates re-ranked exactly
+    optimizer: str = "sgd"  # random, knn, ann
     threads: int | None = None
     device: str = "cpu"
     seed: int = 0
@@ -152,6 +160,9 @@ def _measure_head(config: HeadBenchConfig, head: str) -> dict:
     times = []
     for _ in range(config.warmup + config.steps):
         times.append(_timed(lambda: step(embeddings, labels), device))
+    if "retrieval_s" in extra:
+        retrieval = extra.pop("retrieval_s")[config.warmup :]
+        extra["retrieval_ms_per_step"] = statistics.median(retrieval) * 1e3
     record = {
         "head": head,
         "num_classes": config.num_classes,
@@ -201,6 +212,14 @@ def _head_step(config: HeadBenchConfig, head_name: str, device: torch.device, ex
         "knn": lambda: samplers.KNN(
             config.knn_k, config.budget, config.refresh_every, config.graph_build, config.nprobe
         ),
+        "ann": lambda: samplers.ANN(
+            k=config.ann_k,
+            group_size=config.group_size,
+            nprobe=config.ann_nprobe,
+            num_bits=config.ann_bits,
+            rerank=config.rerank,
+            refresh_every=config.refresh_every,
+        ),
     }[head_name]()
     head = ClassifierHead(
         config.num_classes,
@@ -223,6 +242,21 @@ def _head_step(config: HeadBenchConfig, head_name: str, device: torch.device, ex
         extra["graph_build_s"] = seconds
         extra["graph_build"] = "ivf" if sampler.uses_ivf(config.num_classes) else "exact"
         extra["graph_ms_per_step_amortised"] = seconds * 1e3 / config.refresh_every
+    if head_name == "ann":
+        seconds = _timed(head.rebuild_class_index, device)
+        extra["index_build_s"] = seconds
+        extra["index_ms_per_step_amortised"] = seconds * 1e3 / config.refresh_every
+        extra["retrieval_s"] = []
+        retrieve = head._ann_rows
+
+        def timed_retrieval(*args):  # the head's retrieval, timed on its own
+            began = time.perf_counter()
+            selection = retrieve(*args)
+            _synchronize(device)
+            extra["retrieval_s"].append(time.perf_counter() - began)
+            return selection
+
+        head._ann_rows = timed_retrieval
 
     def step(embeddings, labels):
         optimizer.zero_grad(set_to_none=True)
@@ -236,10 +270,13 @@ def _head_step(config: HeadBenchConfig, head_name: str, device: torch.device, ex
 
 
 def _timed(fn: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _synchronize(device)
     start = time.perf_counter()
     fn()
+    _synchronize(device)
+    return time.perf_counter() - start
+
+
+def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start

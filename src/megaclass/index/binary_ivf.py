@@ -34,7 +34,8 @@ _WORD_BITS = 64
 _TRAIN_POINTS_PER_LIST = 64  # k-means sample per list
 _ITQ_SAMPLE = 50_000
 _ITQ_ITERATIONS = 30
-_PAIRS_PER_BLOCK = 1 << 23  # (query, candidate) pairs scored at once: bounds search memory
+_PAIRS_PER_BLOCK = 1 << 17  # (query, row) pairs scored at once: a few MB, cache-resident
+_NO_KEY = torch.iinfo(torch.int64).max
 _M1, _M2, _M4 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F
 _H01 = 0x0101010101010101
 
@@ -71,7 +72,7 @@ class BinaryIVF:
         self.centroids: torch.Tensor | None = None  # [L, D] unit
         self.codes: torch.Tensor | None = None  # [C, num_bits / 64] int64
         self.lists: torch.Tensor | None = None  # [C] int64, each row's list
-        self._members: tuple[torch.Tensor, torch.Tensor] | None = None  # rows by list, offsets
+        self._members: tuple[torch.Tensor, ...] | None = None  # see _lists_members
 
     @torch.no_grad()
     def build(self, weight: torch.Tensor, train: bool = True) -> BinaryIVF:
@@ -156,31 +157,30 @@ class BinaryIVF:
         probes [q, p], query_codes [q, W] -> (distances [q, c] int64, rows [q, c], -1 padded)
         with c = min(count, most rows probed by one query of the block).
         """
-        order, offsets = self._lists_members()
-        sizes = (offsets[1:] - offsets[:-1])[probes]  # [q, p]
-        per_query = sizes.sum(1)  # [q]
-        # Every (query, probed row) pair, flat: the row's position in ``order``.
-        run_starts = offsets[:-1][probes].flatten().repeat_interleave(sizes.flatten())
+        order, offsets, sorted_codes = self._lists_members()
+        sizes = (offsets[1:] - offsets[:-1])[probes].flatten()  # [q * p]
+        per_query = sizes.view(probes.shape).sum(1)  # [q]
+        # Every (query, probed row) pair, flat: the row's position in list order, so that each
+        # probed list is read as one contiguous run of codes.
+        run_first_pair = torch.cumsum(sizes, 0) - sizes
+        pair_position = torch.arange(int(sizes.sum()), device=probes.device) + (
+            offsets[:-1][probes].flatten() - run_first_pair
+        ).repeat_interleave(sizes)
         pair_query = torch.arange(len(probes), device=probes.device).repeat_interleave(per_query)
-        first_pair = torch.cumsum(per_query, 0) - per_query  # [q]
-        run_first_pair = torch.cumsum(sizes.flatten(), 0) - sizes.flatten()
-        within_run = torch.arange(len(run_starts), device=probes.device) - (
-            run_first_pair.repeat_interleave(sizes.flatten())
-        )
-        pair_rows = order[run_starts + within_run]  # [T]
-        distances = popcount(self.codes[pair_rows] ^ query_codes[pair_query]).sum(1)  # [T]
+        words = sorted_codes[pair_position]  # [T, W]
+        words ^= query_codes.repeat_interleave(per_query, dim=0)
+        distances = _popcount_(words).sum(1)  # [T]
+        pair_rows = order[pair_position]
         # Pad to [q, most probed]; the key (distance, row) breaks ties by row.
-        width = int(per_query.max()) if len(per_query) else 0
-        keys = torch.full(
-            (len(probes), max(width, 1)), torch.iinfo(torch.int64).max, device=probes.device
-        )
+        first_pair = torch.cumsum(per_query, 0) - per_query  # [q]
+        width = max(int(per_query.max()), 1)
+        keys = torch.full((len(probes), width), _NO_KEY, device=probes.device)
         position = torch.arange(len(pair_rows), device=probes.device) - first_pair[pair_query]
-        keys[pair_query, position] = distances * len(self.codes) + pair_rows
-        count = min(count, keys.shape[1])
-        best = keys.topk(count, dim=1, largest=False).values  # sorted, ascending
-        missing = best == torch.iinfo(torch.int64).max
-        found = torch.where(missing, -1, best % len(self.codes))
-        return torch.where(missing, self.num_bits, best // len(self.codes)), found
+        keys[pair_query, position] = distances * len(order) + pair_rows
+        best = keys.topk(min(count, width), dim=1, largest=False).values  # sorted, ascending
+        missing = best == _NO_KEY
+        found = torch.where(missing, -1, best % len(order))
+        return torch.where(missing, self.num_bits, best // len(order)), found
 
     def _exact_topk(self, queries, candidates, k):
         """Re-rank candidates [q, c] (-1 padded) by exact cosine: -> (scores [q, k'], rows)."""
@@ -193,21 +193,21 @@ class BinaryIVF:
 
     def _query_blocks(self, probes: torch.Tensor):
         """Slices of queries whose (query, row) pairs stay within ``_PAIRS_PER_BLOCK``."""
-        _, offsets = self._lists_members()
+        _, offsets, _ = self._lists_members()
         probed = (offsets[1:] - offsets[:-1])[probes].sum(1)  # [Q]
         per_block = max(1, _PAIRS_PER_BLOCK // max(1, int(probed.max()) if len(probed) else 1))
         for start in range(0, len(probes), per_block):
             yield slice(start, start + per_block)
 
-    def _lists_members(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows sorted by list [C] and each list's offsets in them [L + 1] (re-sorted lazily
-        after updates)."""
+    def _lists_members(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows sorted by list [C], each list's offsets in them [L + 1] and the codes in that
+        order [C, W] (re-sorted lazily after updates)."""
         if self._members is None:
             order = torch.argsort(self.lists, stable=True)
             counts = torch.bincount(self.lists, minlength=len(self.centroids))
             offsets = torch.zeros(len(counts) + 1, dtype=torch.int64, device=counts.device)
             torch.cumsum(counts, 0, out=offsets[1:])
-            self._members = (order, offsets)
+            self._members = (order, offsets, self.codes[order])
         return self._members
 
     def _training_sample(self, generator: torch.Generator) -> torch.Tensor:
@@ -270,9 +270,17 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
 
 
 def popcount(words: torch.Tensor) -> torch.Tensor:
-    """Set bits of each int64 (bit-parallel SWAR; the masks clear what arithmetic shifts drag
-    in): [...] -> [...] int64."""
-    words = words - ((words >> 1) & _M1)
-    words = (words & _M2) + ((words >> 2) & _M2)
-    words = (words + (words >> 4)) & _M4
-    return (words * _H01) >> 56
+    """Set bits of each int64: [...] -> [...] int64."""
+    return _popcount_(words.clone())
+
+
+def _popcount_(words: torch.Tensor) -> torch.Tensor:
+    """``popcount`` in place, bit-parallel (SWAR; the masks clear what arithmetic shifts drag
+    in), with one temporary."""
+    shifted = words >> 1
+    words -= shifted.bitwise_and_(_M1)
+    torch.bitwise_right_shift(words, 2, out=shifted).bitwise_and_(_M2)
+    words.bitwise_and_(_M2).add_(shifted)
+    torch.bitwise_right_shift(words, 4, out=shifted)
+    words.add_(shifted).bitwise_and_(_M4).mul_(_H01)
+    return words.bitwise_right_shift_(56)

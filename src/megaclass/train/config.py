@@ -18,7 +18,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 MARGINS = ("softmax", "normsoftmax", "cosface", "arcface", "combined")
 MATMUL_DTYPES = ("fp32", "bf16")
-SAMPLERS = ("full", "random", "knn")
+SAMPLERS = ("full", "random", "knn", "ann")
 HEAD_OPTIMIZERS = ("sgd", "rowadagrad")
 
 
@@ -77,14 +77,20 @@ class HeadConfig:
     m1: float = 1.0
     m2: float = 0.3
     m3: float = 0.2
-    sampler: str = "knn"  # "knn" (KNN softmax), "random" (Partial FC) or "full"
+    sampler: str = "knn"  # "knn" (KNN softmax), "ann" (ANN softmax), "random" (Partial FC), "full"
     budget: float = 0.05  # random, knn: active classes, a fraction (<= 1) or a count (knn only)
     knn_k: int = 32  # knn: neighbours per class in the graph
-    refresh_every: int = 150  # knn: steps between graph rebuilds
+    refresh_every: int = 150  # knn, ann: steps between graph (index) rebuilds
     graph_build: str = "auto"  # knn: "exact", "ivf" or "auto" (exact up to 2^17 classes)
     nprobe: int = 4  # knn with an IVF graph: lists each class searches
     knn_random_share: float = 0.25  # knn: share of the budget always drawn uniformly
     logit_correction: bool = True  # random, knn: drawn classes' logits + log(1 / draw rate)
+    ann_k: int = 64  # ann: classes retrieved per sample (all shards)
+    ann_group_size: int = 64  # ann: samples scored together over their candidates
+    ann_nprobe: int = 8  # ann: coarse lists searched per sample
+    ann_bits: int = 128  # ann: code length (multiple of 64)
+    ann_rotation: str = "random"  # ann: "random" or "itq"
+    ann_rerank: int = 0  # ann: candidates re-ranked by exact cosine (0: none)
     chunk_size: int = 8192
     matmul_dtype: str = "bf16"
 
@@ -103,6 +109,14 @@ class HeadConfig:
             raise ValueError(
                 f"head.knn_random_share must be in [0, 1], got {self.knn_random_share}"
             )
+        for name in ("ann_k", "ann_group_size", "ann_nprobe"):
+            _at_least(f"head.{name}", getattr(self, name), 1)
+        if self.ann_bits < 64 or self.ann_bits % 64:
+            raise ValueError(
+                f"head.ann_bits must be a positive multiple of 64, got {self.ann_bits}"
+            )
+        _choice("head.ann_rotation", self.ann_rotation, ("random", "itq"))
+        _at_least("head.ann_rerank", self.ann_rerank, 0)
         _choice("head.matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)
         _at_least("head.chunk_size", self.chunk_size, 1)
 

@@ -250,13 +250,17 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
 
 
 def _build_graph(head: ClassifierHead, step: int, progress: Progress) -> float:
-    """Rebuild the head's class graph before ``step``, with a line saying so; the seconds."""
-    how = "IVF" if head.sampler.uses_ivf(head.num_classes) else "exact"
-    progress.line(f"step {step}: building the class graph ({how}, {head.num_classes:,} classes)")
+    """Rebuild the head's class graph (ANN: index) before ``step``, with a line saying so; the
+    seconds."""
+    if isinstance(head.sampler, samplers.ANN):
+        what, how = "binary IVF index", "per shard"
+    else:
+        what, how = "class graph", "IVF" if head.sampler.uses_ivf(head.num_classes) else "exact"
+    progress.line(f"step {step}: building the {what} ({how}, {head.num_classes:,} classes)")
     began = time.perf_counter()
     head.rebuild_class_index()
     seconds = time.perf_counter() - began
-    progress.line(f"step {step}: class graph built in {seconds:.1f} s")
+    progress.line(f"step {step}: {what} built in {seconds:.1f} s")
     return seconds
 
 
@@ -325,6 +329,16 @@ def build_sampler(config: RunConfig) -> samplers.Sampler:
             head.nprobe,
             random_share=head.knn_random_share,
             logit_correction=head.logit_correction,
+        )
+    if head.sampler == "ann":
+        return samplers.ANN(
+            k=head.ann_k,
+            group_size=head.ann_group_size,
+            nprobe=head.ann_nprobe,
+            num_bits=head.ann_bits,
+            rotation=head.ann_rotation,
+            rerank=head.ann_rerank,
+            refresh_every=head.refresh_every,
         )
     return samplers.Full()
 
