@@ -224,3 +224,28 @@ def test_ivf_graph_on_three_ranks_probing_every_list_is_the_exact_graph():
         per_rank = run_ranks(world_size, _knn_case, 0.05, "ivf")
         graph = torch.cat([r[4] for r in per_rank]).long()
         assert torch.equal(graph, cos.topk(5, dim=1).indices)
+
+
+def _ann_case(group, k):
+    sampler = megaclass.samplers.ANN(k=k, group_size=8, nprobe=1000, num_bits=64)
+    out, grad_x, grad_w, active, _ = _sampled_step(group, sampler, margins.CosFace(scale=16.0))
+    return out.loss.detach(), grad_x, grad_w, active, out.num_active
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ann_retrieving_every_class_on_several_ranks_equals_the_dense_reference(world_size):
+    want_loss, want_gx, want_gw = _dense_reference(margins.CosFace(scale=16.0))
+    per_rank = run_ranks(world_size, _ann_case, NUM_CLASSES)
+    assert all(_rel(r[0], want_loss) <= 1e-5 for r in per_rank)
+    assert _rel(torch.cat([r[1] for r in per_rank]) / world_size, want_gx) <= 1e-5
+    assert _rel(torch.cat([r[2] for r in per_rank]), want_gw) <= 1e-5
+
+
+def test_ann_on_three_ranks_retrieves_from_every_shard_and_keeps_every_label():
+    _, y, _ = _global_problem()
+    per_rank = run_ranks(3, _ann_case, 9)  # 3 classes per sample from each shard
+    active = torch.cat([r[3] for r in per_rank])
+    labels = set(y[y >= 0].tolist())
+    assert labels <= set(active.tolist())
+    assert all(r[4] == len(active) < NUM_CLASSES / 2 for r in per_rank)
+    assert all(set(r[3].tolist()) - labels for r in per_rank)  # retrieved on every shard
