@@ -1,11 +1,11 @@
-"""Table and plot of benchmarks/accuracy.sh: held-out top-1 of full, knn and random per step."""
+"""Table and plot of benchmarks/accuracy.sh: held-out top-1 of full, knn, ann and random by step."""
 
 import json
 import sys
 from pathlib import Path
 
-SAMPLERS = ("full", "knn", "random")
-COLORS = {"full": "tab:blue", "knn": "tab:orange", "random": "tab:green"}
+SAMPLERS = ("full", "knn", "ann", "random")
+COLORS = {"full": "tab:blue", "knn": "tab:orange", "ann": "tab:red", "random": "tab:green"}
 
 
 def _runs(folder: Path) -> dict[tuple[int, str], Path]:

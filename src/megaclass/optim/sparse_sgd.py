@@ -9,7 +9,6 @@ from torch import nn
 
 from megaclass.optim.rows import (
     RowSparseOptimizer,
-    add_to_rows,
     read_rows,
     rescale_rows,
     touched_rows,
@@ -79,32 +78,38 @@ class SparseSGD(RowSparseOptimizer):
         super().__init__(params, defaults)
 
     def _update(self, param: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        # One read and one write of the touched rows of the weights and of the momentum: the
+        # catch-up, the update and the rescaling work on those copies (on the tensors
+        # themselves when the gradient is dense).
         rows, values = touched_rows(grad)
-        if group["momentum"] or group["weight_decay"]:
+        lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+        weights = read_rows(param, rows)
+        buffer = None
+        if momentum or decay:
             state = self._row_state(param, group)
-            self._catch_up_rows(param, state, rows, group)
+            buffer = state.get("momentum_buffer")
+            momenta = None if buffer is None else read_rows(buffer, rows)
+            self._catch_up_rows(state, rows, weights, momenta, group)
             state["step"] += 1
             write_rows(state["last_step"], rows, state["step"].int().expand(len(values)))
-        step = values
-        if group["weight_decay"]:
-            step = values.add(read_rows(param, rows), alpha=group["weight_decay"])
-        momentum = group["momentum"]
+        step = values.add(weights, alpha=decay) if decay else values
         if momentum:
-            buffer = self.state[param]["momentum_buffer"]
-            moved = read_rows(buffer, rows).mul_(momentum).add_(step)  # in place when dense
-            write_rows(buffer, rows, moved)
-            step = step.add(moved, alpha=momentum) if group["nesterov"] else moved
-        add_to_rows(param, rows, step, alpha=-group["lr"])
-        rescale_rows(param, rows, group["row_norm"])
+            momenta.mul_(momentum).add_(step)
+            write_rows(buffer, rows, momenta)
+            step = step.add(momenta, alpha=momentum) if group["nesterov"] else momenta
+        weights.add_(step, alpha=-lr)
+        rescale_rows(weights, None, group["row_norm"])
+        write_rows(param, rows, weights)
 
     @torch.no_grad()
     def catch_up(self) -> None:
         """Bring every row up to date: apply the momentum and decay of the steps it missed."""
         for group in self.param_groups:
             for param in group["params"]:
-                if param in self.state and "last_step" in self.state[param]:
-                    self._catch_up_rows(param, self.state[param], None, group)
-                    self.state[param]["last_step"].fill_(int(self.state[param]["step"]))
+                state = self.state.get(param, {})
+                if "last_step" in state:
+                    self._catch_up_rows(state, None, param, state.get("momentum_buffer"), group)
+                    state["last_step"].fill_(int(state["step"]))
                     rescale_rows(param, None, group["row_norm"])
 
     def _row_state(self, param: torch.Tensor, group: dict) -> dict:
@@ -119,8 +124,9 @@ class SparseSGD(RowSparseOptimizer):
             state["momentum_buffer"] = torch.zeros_like(param)
         return state
 
-    def _catch_up_rows(self, param, state: dict, rows: torch.Tensor | None, group: dict) -> None:
-        """Advance rows (None: all) that are behind ``state["step"]`` over their missed steps."""
+    def _catch_up_rows(self, state: dict, rows, weights, momenta, group: dict) -> None:
+        """Advance, in place, the weights [n, D] and momenta (or None) of rows [n] (None: all)
+        over the steps each missed since ``state["last_step"]``."""
         missed = int(state["step"]) - read_rows(state["last_step"], rows)  # [n]
         if bool((missed < 0).any()):
             raise RuntimeError(
@@ -128,20 +134,20 @@ class SparseSGD(RowSparseOptimizer):
                 f"{int(state['step'] - missed.min())} but the step count is {int(state['step'])}; "
                 f"restore state['step'] together with state['last_step']"
             )
-        behind = missed.nonzero().squeeze(1)
-        if len(behind) == 0:
+        if not bool(missed.any()):
             return
-        rows = behind if rows is None else rows[behind]
-        (ww, wb), (bw, bb) = _idle_steps_matrix(missed[behind], group)  # each [n, 1]
-        weights = read_rows(param, rows)
-        if group["momentum"]:
-            buffer = state["momentum_buffer"]
-            momenta = read_rows(buffer, rows)
-            write_rows(buffer, rows, (bw * weights + bb * momenta).to(buffer.dtype))
-            weights = ww * weights + wb * momenta
+        # The missed-step counts take few distinct values: one matrix power per value (the
+        # identity for rows that missed none), applied to every row in place.
+        counts, which = missed.unique(return_inverse=True)
+        (ww, wb), (bw, bb) = [
+            [entry[which][:, None] for entry in row] for row in _idle_steps_matrix(counts, group)
+        ]
+        if momenta is None:
+            weights.mul_(ww)
         else:
-            weights = ww * weights
-        write_rows(param, rows, weights.to(param.dtype))
+            carried = momenta * wb
+            momenta.mul_(bb).addcmul_(weights, bw)
+            weights.mul_(ww).add_(carried)
 
 
 def _idle_steps_matrix(missed: torch.Tensor, group: dict) -> list[list[torch.Tensor]]:
@@ -151,7 +157,7 @@ def _idle_steps_matrix(missed: torch.Tensor, group: dict) -> list[list[torch.Ten
         buf' = m * buf + wd * w
         w'   = w - lr * buf'                          = (1 - lr wd) w - lr m buf
         w'   = w - lr * (wd * w + m * buf')  (Nesterov) = (1 - lr wd (1 + m)) w - lr m^2 buf
-    Its ``missed``-th power, by repeated squaring: entries [n, 1] in float32.
+    Its ``missed``-th power, by repeated squaring: entries [n] in float32.
     """
     lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
     if group["nesterov"]:
@@ -170,7 +176,7 @@ def _idle_steps_matrix(missed: torch.Tensor, group: dict) -> list[list[torch.Ten
         power = [[torch.where(odd, times[i][j], power[i][j]) for j in range(2)] for i in range(2)]
         step = _matmul_2x2(step, step)
         remaining >>= 1
-    return [[entry.float()[:, None] for entry in row] for row in power]
+    return [[entry.float() for entry in row] for row in power]
 
 
 def _matmul_2x2(a: list, b: list) -> list:
