@@ -254,14 +254,15 @@ class ClassifierHead(nn.Module):
             self.rebuild_class_index()
         elif self._rows_to_reindex is not None:
             self.ann_index.update(self._rows_to_reindex)  # the optimizer has moved them since
+        probes = self.ann_index.assign(queries, self.sampler.nprobe)  # [B, nprobe]
         retrieved = self.ann_index.search(
             queries,
             self.sampler.local_k(self.num_classes, self.num_local),
             self.sampler.nprobe,
             self.sampler.rerank,
+            probes=probes,
         )[1]  # [B, k_local]
-        lists = self.ann_index.assign(queries, 1)[:, 0]  # [B]
-        selection = self.sampler.select(positives, retrieved, lists)
+        selection = self.sampler.select(positives, retrieved, probes[:, 0])
         if torch.is_grad_enabled():
             self.steps_since_graph += 1
             self._rows_to_reindex = selection.rows

@@ -119,22 +119,30 @@ class BinaryIVF:
         """The ``nprobe`` nearest lists of each vector, nearest first: [n, D] -> [n, nprobe]."""
         self._check_trained()
         nprobe = min(nprobe, len(self.centroids))
-        return nearest_lists(F.normalize(vectors.float(), dim=1), self.centroids, nprobe)
+        unit = F.normalize(vectors.float(), dim=1)
+        return nearest_lists(unit, self.centroids, nprobe, self.matmul_dtype)
 
     @torch.no_grad()
     def search(
-        self, queries: torch.Tensor, k: int, nprobe: int = 1, rerank: int = 0
+        self,
+        queries: torch.Tensor,
+        k: int,
+        nprobe: int = 1,
+        rerank: int = 0,
+        probes: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``k`` best rows for each query among the rows of its ``nprobe`` nearest lists.
 
         queries [Q, D] -> (scores [Q, k] fp32, rows [Q, k] int64), best first; -inf and -1 where
         fewer than k rows were probed. Rows are ranked by Hamming distance (ties: lower row
         first); with ``rerank`` > 0 the best max(rerank, k) of them are re-ranked by exact cosine.
+        probes [Q, nprobe]: the lists to search, if already known (``assign(queries, nprobe)``).
         """
         self._check_built()
         if k < 1 or nprobe < 1 or rerank < 0:
             raise ValueError(f"need k >= 1, nprobe >= 1, rerank >= 0; got {k}, {nprobe}, {rerank}")
-        probes = self.assign(queries, nprobe)  # [Q, p]
+        if probes is None:
+            probes = self.assign(queries, nprobe)  # [Q, p]
         query_codes = self.encode(queries)  # [Q, W]
         shortlist = max(k, rerank)
         scores = torch.full((len(queries), k), float("-inf"), device=queries.device)
@@ -167,10 +175,10 @@ class BinaryIVF:
             offsets[:-1][probes].flatten() - run_first_pair
         ).repeat_interleave(sizes)
         pair_query = torch.arange(len(probes), device=probes.device).repeat_interleave(per_query)
-        words = sorted_codes[pair_position]  # [T, W]
+        words = sorted_codes.index_select(0, pair_position)  # [T, W]
         words ^= query_codes.repeat_interleave(per_query, dim=0)
         distances = _popcount_(words).sum(1)  # [T]
-        pair_rows = order[pair_position]
+        pair_rows = order.index_select(0, pair_position)
         # Pad to [q, most probed]; the key (distance, row) breaks ties by row.
         first_pair = torch.cumsum(per_query, 0) - per_query  # [q]
         width = max(int(per_query.max()), 1)

@@ -118,7 +118,12 @@ def nearest_lists(
     keys = centroids.to(matmul_dtype)
     for start in range(0, len(weight), _QUERY_BLOCK * 4):
         block = weight[start : start + _QUERY_BLOCK * 4].to(matmul_dtype)
-        lists[start : start + len(block)] = (block @ keys.t()).topk(num_nearest, dim=1).indices
+        scores = block @ keys.t()  # [n_block, L]
+        lists[start : start + len(block)] = (
+            scores.argmax(1, keepdim=True)
+            if num_nearest == 1
+            else scores.topk(num_nearest, dim=1).indices
+        )
     return lists
 
 
