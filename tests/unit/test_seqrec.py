@@ -1,0 +1,99 @@
+"""SeqRec: both file formats, the leave-one-out split, full-ranking metrics, bad input."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from megaclass.data.seqrec import SeqRec, ranking_metrics, read_sequences
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "seqrec"
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_leave_one_out_split_with_every_prefix_padding_and_truncation(tmp_path):
+    # user 1: items 5 6 7 8 9; user 2: items 3 4 5 (the shortest usable); user 3: too short
+    path = _write(tmp_path, "u.txt", "1 5 6 7 8 9\n2 3 4 5\n3 1 2\n")
+    data = SeqRec(path, max_len=3)
+    assert data.num_classes == 9 and data.num_users == 3 and data.num_short_users == 1
+    # training: user 1 targets 6, 7 (histories [5], [5 6]); user 2 has none (3 items)
+    assert data.train.histories.tolist() == [[0, 0, 5], [0, 5, 6]]
+    assert data.train.labels.tolist() == [5, 6]  # class = item - 1
+    assert data.valid.histories.tolist() == [[5, 6, 7], [0, 0, 3]]
+    assert data.valid.labels.tolist() == [8 - 1, 4 - 1]
+    assert data.test.histories.tolist() == [[6, 7, 8], [0, 3, 4]]  # truncated to the last 3
+    assert data.test.labels.tolist() == [9 - 1, 5 - 1]
+    ((histories, labels),) = list(data.eval_batches(10, "test"))
+    assert torch.equal(histories, data.test.histories) and torch.equal(labels, data.test.labels)
+
+
+def test_interaction_lines_give_the_same_data_as_user_lines(tmp_path):
+    users = _write(tmp_path, "u.txt", "1 5 6 7 8 9\n2 3 4 5 1\n")
+    pairs = "".join(
+        f"{u} {i}\n" for u, items in ((1, [5, 6, 7, 8, 9]), (2, [3, 4, 5, 1])) for i in items
+    )
+    interactions = _write(tmp_path, "i.txt", pairs)
+    a, b = SeqRec(users), SeqRec(interactions)
+    for split in ("train", "valid", "test"):
+        assert torch.equal(getattr(a, split).histories, getattr(b, split).histories)
+        assert torch.equal(getattr(a, split).labels, getattr(b, split).labels)
+
+
+def test_training_batches_visit_every_example_once_per_epoch(tmp_path):
+    path = _write(
+        tmp_path, "u.txt", "".join(f"{u} {' '.join(map(str, range(1, 9)))}\n" for u in range(1, 6))
+    )
+    data = SeqRec(path, max_len=4, seed=3)
+    n = len(data.train.labels)  # 5 users x 5 prefixes
+    seen = torch.cat([data.train_batch(step, 5)[1] for step in range(n // 5)])
+    assert sorted(seen.tolist()) == sorted(data.train.labels.tolist())
+    assert not torch.equal(data.train_batch(0, 5)[0], data.train_batch(n // 5, 5)[0])
+
+
+def test_ranking_metrics_match_hand_computed_values():
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.3], [0.2, 0.8, 0.8, 0.1], [0.0, 0.1, 0.2, 0.3]])
+    labels = torch.tensor([2, 1, 0])  # ranks 1, 0 (a tie counts in its favour), 3
+    sums = ranking_metrics(scores, labels, ks=(1, 2, 4))
+    assert sums["count"] == 3
+    assert sums["hit@1"] == 1 and sums["hit@2"] == 2 and sums["hit@4"] == 3
+    assert sums["ndcg@1"] == pytest.approx(1.0)
+    assert sums["ndcg@2"] == pytest.approx(1.0 + 1 / math.log2(3))
+    assert sums["ndcg@4"] == pytest.approx(1.0 + 1 / math.log2(3) + 1 / math.log2(5))
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("1 2 3\n2 4 x\n", r"u\.txt:2: expected integer ids"),
+        ("1 2 3\n2 0 5\n", r"u\.txt:2: id 0 is out of range"),
+        ("1 2 3 4\n\n2\n", r"u\.txt:3: user 2 has no items"),
+        ("1 2 3 4\n1 5 6\n", r"u\.txt:2: user 1 appears on a second line"),
+        ("1 2\n2 3\n", r"no user has 3 or more items"),
+    ],
+)
+def test_bad_files_are_reported_with_file_and_line(tmp_path, text, message):
+    with pytest.raises(ValueError, match=message):
+        SeqRec(_write(tmp_path, "u.txt", text))
+    with pytest.raises(FileNotFoundError, match="missing"):
+        SeqRec(tmp_path / "missing.txt")
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/seqrec not present")
+@pytest.mark.parametrize(
+    "name,users,items,interactions",
+    [("Beauty.txt", 22_363, 12_101, 198_502), ("Video.txt", 31_013, 23_715, 287_107)],
+)
+def test_shared_data_sets_load_with_their_published_sizes(name, users, items, interactions):
+    sequences = read_sequences(SHARED / name)
+    assert sum(len(items) for items in sequences.values()) == interactions
+    data = SeqRec(SHARED / name)
+    assert (data.num_users, data.num_classes) == (users, items)
+    usable = [len(items) for items in sequences.values() if len(items) >= 3]
+    assert len(data.test.labels) == len(data.valid.labels) == len(usable)
+    assert len(data.train.labels) == sum(usable) - 3 * len(usable)
