@@ -73,12 +73,14 @@ def plot(runs: dict[tuple[int, str], Path], out: Path) -> None:
 def main(folder: Path, results: Path) -> None:
     runs = _runs(folder)
     text = (
-        "# Held-out top-1: full vs knn vs random (10% budget)\n\n"
+        "# Held-out top-1: full vs knn vs ann vs random (10% budget)\n\n"
         "Default run (MLP backbone, CosFace s=32 m=0.2, bf16, 300 steps of 1024) with "
         "`data.num_classes` and `head.sampler` set, budget 10%, graph refresh every 100 steps "
         "(IVF nprobe 4 at 10^6 classes), evaluated every 50 steps on 5,000 held-out samples; "
         "head: SparseSGD, rows kept at norm 0.3; random and knn with the logit correction, knn "
-        "keeping 25% of its budget for drawn classes (the defaults); "
+        "keeping 25% of its budget for drawn classes (the defaults); ann: 16 (10^5 classes) or "
+        "96 (10^6) classes retrieved per sample, groups of 64 samples, nprobe 8, 128-bit codes, "
+        "index rebuilt every 100 steps; "
         "samples/s and total s include those evaluations. Reproduce: "
         "`bash benchmarks/accuracy.sh`. Plot: `accuracy.png`.\n\n" + table(runs) + "\n"
     )
