@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from megaclass.data.seqrec import SeqRec, ranking_metrics, read_sequences
+from megaclass.data.seqrec import SeqRec, ranking_sums, read_sequences
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "seqrec"
 
@@ -56,15 +56,17 @@ def test_training_batches_visit_every_example_once_per_epoch(tmp_path):
     assert not torch.equal(data.train_batch(0, 5)[0], data.train_batch(n // 5, 5)[0])
 
 
-def test_ranking_metrics_match_hand_computed_values():
-    scores = torch.tensor([[0.9, 0.1, 0.5, 0.3], [0.2, 0.8, 0.8, 0.1], [0.0, 0.1, 0.2, 0.3]])
-    labels = torch.tensor([2, 1, 0])  # ranks 1, 0 (a tie counts in its favour), 3
-    sums = ranking_metrics(scores, labels, ks=(1, 2, 4))
-    assert sums["count"] == 3
+def test_ranking_sums_match_hand_computed_values():
+    top = torch.tensor([[0, 2, 3, 1], [1, 2, 0, 3], [3, 2, 1, 0], [3, 2, 1, 1]])
+    labels = torch.tensor([2, 1, 0, 0])  # ranks 1, 0, 3 and absent
+    sums = ranking_sums(top, labels, ks=(1, 2, 4))
+    assert sums["count"] == 4
     assert sums["hit@1"] == 1 and sums["hit@2"] == 2 and sums["hit@4"] == 3
     assert sums["ndcg@1"] == pytest.approx(1.0)
     assert sums["ndcg@2"] == pytest.approx(1.0 + 1 / math.log2(3))
     assert sums["ndcg@4"] == pytest.approx(1.0 + 1 / math.log2(3) + 1 / math.log2(5))
+    with pytest.raises(ValueError, match="best 5"):
+        ranking_sums(top, labels, ks=(5,))
 
 
 @pytest.mark.parametrize(

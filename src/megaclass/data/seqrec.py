@@ -56,6 +56,7 @@ class SeqRec:
             raise ValueError(f"file_format must be one of {FORMATS}, got {file_format!r}")
         self.path = Path(path)
         self.max_len = max_len
+        self.input_dim = max_len  # the width of an input (a history of item ids)
         self._seed = seed
         sequences = read_sequences(self.path, file_format)
         self.num_users = len(sequences)
@@ -158,17 +159,20 @@ def read_sequences(path: Path, file_format: str = "auto") -> dict[int, list[int]
     return sequences
 
 
-def ranking_metrics(
-    scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (5, 10, 20)
+def ranking_sums(
+    top_classes: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (5, 10, 20)
 ) -> dict[str, float]:
-    """Sums of HIT@k and NDCG@k over a batch, ranking every class (full ranking).
+    """Sums of HIT@k and NDCG@k over a batch, from each example's best classes over the whole
+    catalogue (full ranking), best first.
 
-    scores [n, C] (every class), labels [n] -> {"hit@k": sum, "ndcg@k": sum, "count": n}. A
-    target's rank is the number of classes scored strictly higher (ties in its favour);
-    NDCG@k = 1 / log2(rank + 2) when rank < k, else 0 (one relevant item).
+    top_classes [n, K] (K >= max(ks)), labels [n] -> {"hit@k": sum, "ndcg@k": sum, "count": n}.
+    A target's rank is its position in the list (0 = first; K if absent); NDCG@k =
+    1 / log2(rank + 2) when rank < k, else 0 (one relevant item).
     """
-    target = scores.gather(1, labels[:, None])  # [n, 1]
-    rank = (scores > target).sum(1)  # [n], 0 = first
+    if top_classes.shape[1] < max(ks):
+        raise ValueError(f"need the best {max(ks)} classes, got {top_classes.shape[1]}")
+    found = top_classes == labels[:, None]  # [n, K]
+    rank = torch.where(found.any(1), found.int().argmax(1), top_classes.shape[1])  # [n]
     sums = {"count": float(len(labels))}
     for k in ks:
         hit = rank < k

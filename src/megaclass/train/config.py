@@ -26,20 +26,22 @@ HEAD_OPTIMIZERS = ("sgd", "rowadagrad")
 class DataConfig:
     """Where samples come from: the built-in synthetic catalogue or feature files."""
 
-    source: str = "synthetic"  # "synthetic" or "features"
-    path: str = ""  # features: folder with train_x.npy, train_y.npy, eval_x.npy, eval_y.npy
+    source: str = "synthetic"  # "synthetic", "features" or "seqrec"
+    path: str = ""  # features: folder with train_x.npy, ...; seqrec: the sequence file
     num_classes: int = 1_000_000  # synthetic: classes; features: 0 = taken from the labels
     input_dim: int = 64  # synthetic: width of the generated inputs
     family_size: int = 8  # synthetic: classes per family of near-identical products
     zipf: float = 1.0  # synthetic: Zipf exponent of class frequencies (0 = uniform)
     noise: float = 0.35  # synthetic: input noise relative to the class signal
     eval_samples: int = 10_000  # held-out samples evaluated
+    max_len: int = 50  # seqrec: history length (older items dropped, shorter ones padded)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _choice("data.source", self.source, ("synthetic", "features"))
-        if self.source == "features" and not self.path:
-            raise ValueError("data.path is required with data.source = 'features'")
+        _choice("data.source", self.source, ("synthetic", "features", "seqrec"))
+        if self.source != "synthetic" and not self.path:
+            raise ValueError(f"data.path is required with data.source = {self.source!r}")
+        _at_least("data.max_len", self.max_len, 1)
         _at_least("data.num_classes", self.num_classes, 1 if self.source == "synthetic" else 0)
         _at_least("data.input_dim", self.input_dim, 1)
         _at_least("data.family_size", self.family_size, 1)
@@ -50,18 +52,25 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The backbone: ``mlp`` or a user factory ``package.module:function``."""
+    """The backbone: ``mlp``, ``sasrec`` (item histories) or a user factory
+    ``package.module:function``."""
 
     backbone: str = "mlp"
     embedding_dim: int = 128
-    hidden_dim: int = 512
-    num_layers: int = 2
+    hidden_dim: int = 512  # mlp
+    num_layers: int = 2  # mlp, sasrec
+    num_heads: int = 2  # sasrec: attention heads
+    dropout: float = 0.2  # sasrec
 
     def __post_init__(self) -> None:
-        if self.backbone != "mlp" and ":" not in self.backbone:
+        if self.backbone not in ("mlp", "sasrec") and ":" not in self.backbone:
             raise ValueError(
-                f"model.backbone must be 'mlp' or 'package.module:factory', got {self.backbone!r}"
+                "model.backbone must be 'mlp', 'sasrec' or 'package.module:factory', got "
+                f"{self.backbone!r}"
             )
+        _at_least("model.num_heads", self.num_heads, 1)
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         _at_least("model.embedding_dim", self.embedding_dim, 1)
         _at_least("model.hidden_dim", self.hidden_dim, 1)
         _at_least("model.num_layers", self.num_layers, 1)
@@ -129,6 +138,7 @@ class OptimConfig:
 
     lr: float = 0.2
     head_lr: float = 0.0  # 0: same as lr
+    backbone_optimizer: str = "sgd"  # "sgd" (with momentum) or "adamw"
     head_optimizer: str = "sgd"  # "sgd" (SparseSGD with momentum) or "rowadagrad"
     head_row_norm: float = 0.3  # sgd with a cosine margin: rows kept at this norm (0: off)
     momentum: float = 0.9
@@ -139,6 +149,7 @@ class OptimConfig:
         if not self.lr > 0:
             raise ValueError(f"optim.lr must be > 0, got {self.lr}")
         _at_least("optim.head_lr", self.head_lr, 0.0)
+        _choice("optim.backbone_optimizer", self.backbone_optimizer, ("sgd", "adamw"))
         _choice("optim.head_optimizer", self.head_optimizer, HEAD_OPTIMIZERS)
         _at_least("optim.head_row_norm", self.head_row_norm, 0.0)
         if not 0 <= self.momentum < 1:
@@ -155,6 +166,7 @@ class TrainConfig:
     batch_size: int = 1024  # global: split over the ranks
     log_every: int = 10
     eval_every: int = 0  # 0: only at the end
+    patience: int = 0  # evaluations without a better validation score before stopping (0: never)
     threads: int = 0  # torch threads per rank; 0 = torch's default
     seed: int = 0
 
@@ -163,6 +175,9 @@ class TrainConfig:
         _at_least("train.batch_size", self.batch_size, 1)
         _at_least("train.log_every", self.log_every, 1)
         _at_least("train.eval_every", self.eval_every, 0)
+        _at_least("train.patience", self.patience, 0)
+        if self.patience and not self.eval_every:
+            raise ValueError("train.patience needs train.eval_every > 0")
         _at_least("train.threads", self.threads, 0)
 
 

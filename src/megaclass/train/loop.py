@@ -18,11 +18,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from megaclass import samplers
-from megaclass.data import FeatureFiles, SyntheticCatalog
+from megaclass.data import FeatureFiles, SeqRec, SyntheticCatalog
+from megaclass.data.seqrec import ranking_sums
 from megaclass.distributed import shard_range
 from megaclass.functional import margins
 from megaclass.heads import ClassifierHead
-from megaclass.models import build_backbone
+from megaclass.models import SASRec, build_backbone
 from megaclass.optim import RowAdaGrad, SparseSGD
 from megaclass.train.checkpoint import (
     HeadShard,
@@ -50,7 +51,7 @@ class Model:
     """Everything a run trains, built from a config on this rank."""
 
     config: RunConfig
-    dataset: SyntheticCatalog | FeatureFiles
+    dataset: SyntheticCatalog | FeatureFiles | SeqRec
     backbone: torch.nn.Module  # DDP-wrapped in a group of more than one rank
     head: ClassifierHead
     group: dist.ProcessGroup | None
@@ -91,17 +92,13 @@ def build_model(config: RunConfig, group: dist.ProcessGroup | None) -> Model:
             data.eval_samples,
             data.seed,
         )
+    elif data.source == "seqrec":
+        dataset = SeqRec(data.path, data.max_len, seed=data.seed)
     else:
         dataset = FeatureFiles(data.path, data.num_classes, data.seed)
     device = _device()
     torch.manual_seed(config.train.seed)  # the same backbone initialisation on every rank
-    backbone = build_backbone(
-        config.model.backbone,
-        dataset.input_dim,
-        config.model.embedding_dim,
-        config.model.hidden_dim,
-        config.model.num_layers,
-    ).to(device)
+    backbone = _build_backbone(config, dataset).to(device)
     if group is not None:
         backbone = DistributedDataParallel(backbone, process_group=group)
     head = ClassifierHead(
@@ -119,6 +116,26 @@ def build_model(config: RunConfig, group: dist.ProcessGroup | None) -> Model:
     return Model(config, dataset, backbone, head, group)
 
 
+def _build_backbone(config: RunConfig, dataset) -> torch.nn.Module:
+    model = config.model
+    if model.backbone == "sasrec":
+        if not isinstance(dataset, SeqRec):
+            raise ValueError("model.backbone = 'sasrec' needs data.source = 'seqrec'")
+        return SASRec(
+            dataset.num_classes,
+            model.embedding_dim,
+            dataset.max_len,
+            model.num_layers,
+            model.num_heads,
+            model.dropout,
+        )
+    if model.backbone == "mlp" and isinstance(dataset, SeqRec):
+        raise ValueError("data.source = 'seqrec' needs model.backbone = 'sasrec' or a factory")
+    return build_backbone(
+        model.backbone, dataset.input_dim, model.embedding_dim, model.hidden_dim, model.num_layers
+    )
+
+
 def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
     """Train (or continue) a run in ``run_dir``; returns the summary written to summary.json."""
     run_dir = Path(run_dir)
@@ -128,12 +145,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
     model = build_model(config, group)
     rank0 = model.head.rank == 0
     opt = config.optim
-    backbone_optimizer = torch.optim.SGD(
-        model.backbone.parameters(),
-        lr=opt.lr,
-        momentum=opt.momentum,
-        weight_decay=opt.weight_decay,
-    )
+    backbone_optimizer = build_backbone_optimizer(config, model.backbone)
     head_optimizer = build_head_optimizer(config, model.head)
     start = 0
     if resume:
@@ -170,6 +182,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
     began, window_began = time.perf_counter(), time.perf_counter()
     window_loss, window_steps, samples, graph_s = 0.0, 0, 0, 0.0
     last_metrics: dict = {}
+    best: dict = {}  # the best validation score so far: step, metrics (and test then)
+    evaluations_since_best = 0
     with _stop_on_signals() as stop_requested:
         for step in range(start, steps):
             lr_scale = _lr_scale(step, steps, opt.warmup_steps)
@@ -214,6 +228,11 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
                 if config.train.eval_every and done % config.train.eval_every == 0 and done < steps:
                     head_optimizer.catch_up()
                     last_metrics.update(evaluate(model))
+                    if not best or _score(last_metrics) > _score(best):
+                        best = _best_metrics(model, done, last_metrics)
+                        evaluations_since_best = 0
+                    else:
+                        evaluations_since_best += 1
                 if rank0:
                     _append_jsonl(run_dir / "metrics.jsonl", last_metrics)
                 window_loss, window_steps, window_began = 0.0, 0, time.perf_counter()
@@ -223,12 +242,24 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
             if _any_rank(stop_requested(), model.group):
                 path = checkpoint(done)
                 raise Interrupted(f"interrupted after step {done}; checkpoint {path}")
+            if config.train.patience and evaluations_since_best >= config.train.patience:
+                progress.line(
+                    f"step {done}: no better validation score in {evaluations_since_best} "
+                    f"evaluations since step {best['step']}: stopping early"
+                )
+                steps = done
+                break
     total = time.perf_counter() - began
     head_optimizer.catch_up()
     path = checkpoint(steps)
     metrics = evaluate(model)
+    if isinstance(model.dataset, SeqRec):
+        metrics.update(evaluate(model, split="test"))
+    if not best or _score(metrics) > _score(best):
+        best = {"step": steps, **metrics}
     summary = {
         **metrics,
+        "best": best,
         "steps": steps,
         "total_time_s": total,
         "mean_samples_per_s": samples / total if total > 0 else 0.0,
@@ -242,11 +273,36 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
         if last_metrics.get("step") == steps:
             _append_jsonl(run_dir / "metrics.jsonl", {"step": steps, **metrics})
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    progress.line(
-        f"held-out top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} "
-        f"({metrics['eval_samples']:,} samples); {summary['mean_samples_per_s']:.0f} samples/s"
-    )
+    progress.line(f"{_headline(metrics)}; {summary['mean_samples_per_s']:.0f} samples/s")
+    if best["step"] != steps:
+        progress.line(f"best validation at step {best['step']}: {_headline(best)}")
     return summary
+
+
+def _score(metrics: dict) -> float:
+    """The validation score that early stopping and ``best`` follow."""
+    return metrics["valid_ndcg@10"] if "valid_ndcg@10" in metrics else metrics["top1"]
+
+
+def _best_metrics(model: Model, step: int, metrics: dict) -> dict:
+    """A new best validation score: its metrics, with the test metrics of that model."""
+    best = {"step": step, **metrics}
+    if isinstance(model.dataset, SeqRec):
+        best.update(evaluate(model, split="test"))
+    return best
+
+
+def _headline(metrics: dict) -> str:
+    if "valid_ndcg@10" not in metrics:
+        return (
+            f"held-out top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} "
+            f"({metrics['eval_samples']:,} samples)"
+        )
+    return ", ".join(
+        f"{split} HIT@10 {metrics[f'{split}_hit@10']:.4f} NDCG@10 {metrics[f'{split}_ndcg@10']:.4f}"
+        for split in ("valid", "test")
+        if f"{split}_hit@10" in metrics
+    )
 
 
 def _build_graph(head: ClassifierHead, step: int, progress: Progress) -> float:
@@ -265,8 +321,11 @@ def _build_graph(head: ClassifierHead, step: int, progress: Progress) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: Model, batch_size: int = 1024) -> dict:
-    """Held-out top-1/top-5 with the exact chunked full softmax over every class."""
+def evaluate(model: Model, batch_size: int = 1024, split: str = "valid") -> dict:
+    """Held-out top-1/top-5 with the exact chunked full softmax over every class; for SeqRec,
+    HIT@5/10/20 and NDCG@5/10/20 of ``split`` ("valid" or "test") by full ranking."""
+    if isinstance(model.dataset, SeqRec):
+        return _evaluate_ranking(model, batch_size, split)
     backbone = model.backbone
     backbone.eval()
     correct1 = correct5 = total = 0
@@ -290,6 +349,34 @@ def evaluate(model: Model, batch_size: int = 1024) -> dict:
     }
 
 
+@torch.no_grad()
+def _evaluate_ranking(model: Model, batch_size: int, split: str) -> dict:
+    """Full-ranking metrics of a SeqRec split: every item is a candidate (``predict_topk`` over
+    all shards), padding never is. Keys ``{split}_hit@k``, ``{split}_ndcg@k``."""
+    backbone = model.backbone
+    backbone.eval()
+    world, rank = model.head.world_size, model.head.rank
+    device = model.head.weight.device
+    sums: dict[str, float] = {}
+    for histories, labels in model.dataset.eval_batches(batch_size, split):
+        rows = slice(*shard_range(len(labels), world, rank))
+        _, top = model.head.predict_topk(backbone(histories[rows].to(device)), k=20)
+        for name, value in ranking_sums(top.cpu(), labels[rows]).items():
+            sums[name] = sums.get(name, 0.0) + value
+    backbone.train()
+    names = sorted(sums)
+    totals = torch.tensor([sums[name] for name in names], dtype=torch.float64)
+    if model.group is not None:
+        dist.all_reduce(totals, group=model.group)
+    count = float(totals[names.index("count")])
+    metrics = {
+        f"{split}_{name}": float(total) / count
+        for name, total in zip(names, totals, strict=True)
+        if name != "count"
+    }
+    return {**metrics, f"{split}_samples": int(count)}
+
+
 def evaluate_run(run_dir: str | Path) -> dict:
     """Load a run's config and newest checkpoint, evaluate, write eval.json (rank 0)."""
     run_dir = Path(run_dir)
@@ -298,6 +385,8 @@ def evaluate_run(run_dir: str | Path) -> dict:
     state, _ = load_checkpoint(latest_checkpoint(run_dir), model.head)
     _unwrap(model.backbone).load_state_dict(state.backbone)
     metrics = {"step": state.step, **evaluate(model)}
+    if isinstance(model.dataset, SeqRec):
+        metrics.update(evaluate(model, split="test"))
     if model.head.rank == 0:
         (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
@@ -341,6 +430,16 @@ def build_sampler(config: RunConfig) -> samplers.Sampler:
             refresh_every=head.refresh_every,
         )
     return samplers.Full()
+
+
+def build_backbone_optimizer(config: RunConfig, backbone: torch.nn.Module):
+    """SGD with momentum, or AdamW (``optim.backbone_optimizer``; attention backbones)."""
+    opt = config.optim
+    if opt.backbone_optimizer == "adamw":
+        return torch.optim.AdamW(backbone.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+    return torch.optim.SGD(
+        backbone.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay
+    )
 
 
 def build_head_optimizer(config: RunConfig, head: ClassifierHead) -> torch.optim.Optimizer:
