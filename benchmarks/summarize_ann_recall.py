@@ -24,7 +24,11 @@ def table(summary: dict) -> str:
         cells = []
         for p in nprobes:
             r = by_key.get((label, p))
-            cells.append(f"{r['recall']:.3f} ({r['search_ms']:.0f} ms)" if r else "")
+            cells.append(
+                f"{r['recall']:.3f} / {r['nearest_found']:.2f} ({r['search_ms']:.0f} ms)"
+                if r
+                else ""
+            )
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -67,8 +71,8 @@ def main(source: Path, out_md: Path, out_png: Path) -> None:
         f"# BinaryIVF retrieval recall@{summary['k']} on trained class weights\n\n"
         f"Class weights of `{summary['run']}` ({summary['num_classes']:,} classes, dim 128); "
         f"queries: the backbone's embeddings of {summary['queries']:,} held-out samples; truth: "
-        f"exact top-{summary['k']} by cosine over all classes. Cells: recall@{summary['k']} "
-        f"(search time of all queries, {machine['torch_threads']} threads, {machine['cpu']}). "
+        f"exact top-{summary['k']} by cosine over all classes. Cells: recall@{summary['k']} / "
+        f"share of queries whose nearest class is found (search time of all queries, {machine['torch_threads']} threads, {machine['cpu']}). "
         "faiss IndexBinaryIVF indexes the same 128-bit codes with its own binary k-means "
         "quantizer and the same number of lists. Reproduce: `python benchmarks/ann_recall.py "
         f"{summary['run']} {source}` then `python benchmarks/summarize_ann_recall.py ...`.\n\n"
