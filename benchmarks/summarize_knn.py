@@ -38,7 +38,9 @@ def main(folder: Path) -> None:
             machine = r["machine"]
             graph = f"{r['graph_build_s']:.1f} ({r['graph_build']})" if "graph_build_s" in r else ""
             if "index_build_s" in r:
-                graph = f"{r['index_build_s']:.1f} (binary IVF)"
+                graph = (
+                    f"{r['index_build_s']:.1f} (binary IVF, {r.get('ann_backend', 'torch')} scan)"
+                )
             retrieval = f"{r['retrieval_ms_per_step']:.0f}" if "retrieval_ms_per_step" in r else ""
             print(
                 f"| {dtype} | {name} | {r['num_active']:,} | {r['ms_per_step']:.0f} "

@@ -16,7 +16,8 @@ Heads:
   step amortised over ``refresh_every`` steps, apart from ``ms_per_step``.
 - ``ann``: ``ClassifierHead`` with ``ANN(k, group_size, ...)``, same optimizer. The index is
   built before the timed steps (``index_build_s``); ``ms_per_step`` includes the retrieval (index
-  update, search and grouping), which is also reported alone (``retrieval_ms_per_step``).
+  update, search and grouping), which is also reported alone (``retrieval_ms_per_step``), with
+  the Hamming scan used (``ann_backend``: faiss when installed, else torch).
 """
 
 from __future__ import annotations
@@ -245,6 +246,7 @@ def _head_step(config: HeadBenchConfig, head_name: str, device: torch.device, ex
     if head_name == "ann":
         seconds = _timed(head.rebuild_class_index, device)
         extra["index_build_s"] = seconds
+        extra["ann_backend"] = head.ann_index.backend
         extra["index_ms_per_step_amortised"] = seconds * 1e3 / config.refresh_every
         extra["retrieval_s"] = []
         retrieve = head._ann_rows

@@ -206,6 +206,7 @@ class ClassifierHead(nn.Module):
                 self.sampler.rotation,
                 seed=self.seed * 1_000_003 + self.rank,
                 matmul_dtype=self.matmul_dtype,
+                backend=self.sampler.backend,
             ).build(self.weight)
             self._rows_to_reindex = None
             self.steps_since_graph = 0

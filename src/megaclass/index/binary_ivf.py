@@ -27,9 +27,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from megaclass.index.faiss_hamming import FaissHammingLists, faiss_available
 from megaclass.index.ivf_graph import nearest_lists, spherical_kmeans
 
 ROTATIONS = ("random", "itq")
+BACKENDS = ("auto", "torch", "faiss")
 _WORD_BITS = 64
 _TRAIN_POINTS_PER_LIST = 64  # k-means sample per list
 _ITQ_SAMPLE = 50_000
@@ -46,6 +48,9 @@ class BinaryIVF:
     num_bits: code length, a multiple of 64.
     num_lists: coarse lists; 0 = round(sqrt(rows)).
     rotation: ``"random"`` (orthogonal when num_bits <= dim) or ``"itq"`` (needs num_bits <= dim).
+    backend: the Hamming scan: ``"torch"`` (tensor ops, any device), ``"faiss"`` (CPU, faiss's
+        IndexBinaryIVF over the same codes and lists: 30-40x faster on a CPU) or ``"auto"``
+        (faiss for CPU weights when it is installed). ``self.backend`` says which is used.
     """
 
     def __init__(
@@ -55,7 +60,12 @@ class BinaryIVF:
         rotation: str = "random",
         seed: int = 0,
         matmul_dtype: torch.dtype = torch.float32,
+        backend: str = "auto",
     ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "faiss" and not faiss_available():
+            raise ValueError("backend 'faiss' needs faiss (pip install faiss-cpu)")
         if num_bits < _WORD_BITS or num_bits % _WORD_BITS:
             raise ValueError(f"num_bits must be a positive multiple of 64, got {num_bits}")
         if num_lists < 0:
@@ -67,6 +77,9 @@ class BinaryIVF:
         self.rotation_kind = rotation
         self.seed = seed
         self.matmul_dtype = matmul_dtype
+        self.requested_backend = backend
+        self.backend = "torch" if backend == "auto" else backend  # decided at build
+        self._faiss: FaissHammingLists | None = None
         self.weight: torch.Tensor | None = None  # [C, D], the indexed rows (not a copy)
         self.rotation: torch.Tensor | None = None  # [D, num_bits]
         self.centroids: torch.Tensor | None = None  # [L, D] unit
@@ -95,6 +108,14 @@ class BinaryIVF:
         self.codes = self.encode(self.weight)
         self.lists = self.assign(self.weight, 1)[:, 0]
         self._members = None
+        if self.requested_backend == "auto":
+            on_cpu = self.weight.device.type == "cpu"
+            self.backend = "faiss" if on_cpu and faiss_available() else "torch"
+        self._faiss = None
+        if self.backend == "faiss":
+            self._faiss = FaissHammingLists(
+                self.codes, self.lists, len(self.centroids), self.num_bits
+            )
         return self
 
     @torch.no_grad()
@@ -103,9 +124,11 @@ class BinaryIVF:
         self._check_built()
         rows = rows.to(self.codes.device)
         vectors = self.weight.index_select(0, rows)
-        self.codes[rows] = self.encode(vectors)
-        self.lists[rows] = self.assign(vectors, 1)[:, 0]
+        codes, lists = self.encode(vectors), self.assign(vectors, 1)[:, 0]
+        self.codes[rows], self.lists[rows] = codes, lists
         self._members = None
+        if self._faiss is not None:
+            self._faiss.replace(rows, codes, lists)
 
     @torch.no_grad()
     def encode(self, vectors: torch.Tensor) -> torch.Tensor:
@@ -135,7 +158,8 @@ class BinaryIVF:
 
         queries [Q, D] -> (scores [Q, k] fp32, rows [Q, k] int64), best first; -inf and -1 where
         fewer than k rows were probed. Rows are ranked by Hamming distance (ties: lower row
-        first); with ``rerank`` > 0 the best max(rerank, k) of them are re-ranked by exact cosine.
+        first with the torch backend, any order with faiss); with ``rerank`` > 0 the best
+        max(rerank, k) of them are re-ranked by exact cosine.
         probes [Q, nprobe]: the lists to search, if already known (``assign(queries, nprobe)``).
         """
         self._check_built()
@@ -148,7 +172,12 @@ class BinaryIVF:
         scores = torch.full((len(queries), k), float("-inf"), device=queries.device)
         rows = torch.full((len(queries), k), -1, dtype=torch.int64, device=queries.device)
         for block in self._query_blocks(probes):
-            distances, found = self._hamming_topk(probes[block], query_codes[block], shortlist)
+            if self._faiss is None:
+                distances, found = self._hamming_topk(probes[block], query_codes[block], shortlist)
+            else:
+                distances, found = self._faiss.search(
+                    query_codes[block], probes[block], shortlist, self.num_bits
+                )
             if rerank:
                 block_scores, found = self._exact_topk(queries[block], found, k)
             else:
@@ -200,7 +229,11 @@ class BinaryIVF:
         return best, torch.where(best == float("-inf"), -1, candidates.gather(1, picked))
 
     def _query_blocks(self, probes: torch.Tensor):
-        """Slices of queries whose (query, row) pairs stay within ``_PAIRS_PER_BLOCK``."""
+        """Slices of queries whose (query, row) pairs stay within ``_PAIRS_PER_BLOCK`` (one
+        slice for faiss, which bounds its own memory)."""
+        if self._faiss is not None:
+            yield slice(None)
+            return
         _, offsets, _ = self._lists_members()
         probed = (offsets[1:] - offsets[:-1])[probes].sum(1)  # [Q]
         per_block = max(1, _PAIRS_PER_BLOCK // max(1, int(probed.max()) if len(probed) else 1))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from megaclass.index.binary_ivf import ROTATIONS
+from megaclass.index.binary_ivf import BACKENDS, ROTATIONS
 from megaclass.samplers.selection import SampleGroups, Selection
 
 
@@ -34,6 +34,8 @@ class ANN:
         (0: none).
     refresh_every: steps between full rebuilds of the index (new coarse quantizer and rotation);
         in between, the rows each step updated are re-encoded before the next step.
+    backend: the index's Hamming scan, ``"auto"``, ``"torch"`` or ``"faiss"`` (see
+        ``BinaryIVF``); the results differ only in the order of rows at equal distance.
     """
 
     k: int = 256
@@ -44,6 +46,7 @@ class ANN:
     rotation: str = "random"
     rerank: int = 0
     refresh_every: int = 1000
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("k", "group_size", "nprobe", "refresh_every"):
@@ -57,6 +60,8 @@ class ANN:
             raise ValueError(f"ANN num_bits must be a positive multiple of 64, got {self.num_bits}")
         if self.rotation not in ROTATIONS:
             raise ValueError(f"ANN rotation must be one of {ROTATIONS}, got {self.rotation!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"ANN backend must be one of {BACKENDS}, got {self.backend!r}")
 
     def local_k(self, num_classes: int, num_local: int) -> int:
         """Classes each sample retrieves from a shard of ``num_local`` classes."""

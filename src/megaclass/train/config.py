@@ -100,6 +100,7 @@ class HeadConfig:
     ann_bits: int = 128  # ann: code length (multiple of 64)
     ann_rotation: str = "random"  # ann: "random" or "itq"
     ann_rerank: int = 0  # ann: candidates re-ranked by exact cosine (0: none)
+    ann_backend: str = "auto"  # ann: Hamming scan, "torch", "faiss" or "auto" (faiss on CPU)
     chunk_size: int = 8192
     matmul_dtype: str = "bf16"
 
@@ -126,6 +127,7 @@ class HeadConfig:
             )
         _choice("head.ann_rotation", self.ann_rotation, ("random", "itq"))
         _at_least("head.ann_rerank", self.ann_rerank, 0)
+        _choice("head.ann_backend", self.ann_backend, ("auto", "torch", "faiss"))
         _choice("head.matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)
         _at_least("head.chunk_size", self.chunk_size, 1)
 

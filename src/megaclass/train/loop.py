@@ -428,6 +428,7 @@ def build_sampler(config: RunConfig) -> samplers.Sampler:
             rotation=head.ann_rotation,
             rerank=head.ann_rerank,
             refresh_every=head.refresh_every,
+            backend=head.ann_backend,
         )
     return samplers.Full()
 
