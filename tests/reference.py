@@ -68,3 +68,15 @@ ALL_MARGINS = [
     margins.ArcFace(scale=16.0, margin=0.5, straight_through=True),
     margins.CombinedMargin(scale=16.0, m1=1.2, m2=0.3, m3=0.1),
 ]
+
+
+NUM_CLASSES, DIM, BATCH = 1007, 16, 29  # odd sizes: uneven shards
+
+
+def sampled_problem():
+    """Embeddings [BATCH, DIM], labels [BATCH] (one ignored) and weights [NUM_CLASSES, DIM]."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(BATCH, DIM, generator=g)
+    y = torch.randint(0, NUM_CLASSES, (BATCH,), generator=g)
+    y[2] = -100
+    return x, y, torch.randn(NUM_CLASSES, DIM, generator=g)

@@ -6,17 +6,8 @@ import torch
 import megaclass
 from megaclass import margins, samplers
 from megaclass.optim import SparseSGD
-from tests.reference import ALL_MARGINS, reference_loss
-
-NUM_CLASSES, DIM, BATCH = 1007, 16, 29
-
-
-def _problem():
-    g = torch.Generator().manual_seed(5)
-    x = torch.randn(BATCH, DIM, generator=g)
-    y = torch.randint(0, NUM_CLASSES, (BATCH,), generator=g)
-    y[2] = -100
-    return x, y, torch.randn(NUM_CLASSES, DIM, generator=g)
+from tests.reference import ALL_MARGINS, BATCH, DIM, NUM_CLASSES, reference_loss
+from tests.reference import sampled_problem as _problem
 
 
 def _recording_head(margin, sampler, w):
