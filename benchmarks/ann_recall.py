@@ -71,7 +71,7 @@ def measure(weight, queries, truth, k):
             (_, found), seconds = timed(index.search, queries, k, nprobe, rerank)
             records.append(
                 {
-                    "backend": "megaclass",
+                    "backend": f"BinaryIVF ({index.backend} scan)",
                     "bits": bits,
                     "rotation": rotation,
                     "rerank": rerank,

@@ -14,6 +14,11 @@ for dtype in fp32 bf16; do
   megaclass bench heads "${common[@]}" --num-classes 1000000 --dtype "$dtype" \
     --heads naive,full,random,knn,ann --budget 0.1 --json "$out/knn-1000000-${dtype}.json"
 done
+# ann with the default (faiss) Hamming scan against full, on their own (~4 minutes)
+for dtype in fp32 bf16; do
+  megaclass bench heads "${common[@]}" --num-classes 1000000 --dtype "$dtype" \
+    --heads full,ann --json "$out/ann-1000000-${dtype}.json"
+done
 for optimizer in rowadagrad sgd; do
   for classes in 100000 10000000; do
     megaclass bench heads "${common[@]}" --num-classes "$classes" --dtype bf16 --heads knn \

@@ -78,7 +78,7 @@ def main(folder: Path, results: Path) -> None:
         "`data.num_classes` and `head.sampler` set, budget 10%, graph refresh every 100 steps "
         "(IVF nprobe 4 at 10^6 classes), evaluated every 50 steps on 5,000 held-out samples; "
         "head: SparseSGD, rows kept at norm 0.3; random and knn with the logit correction, knn "
-        "keeping 25% of its budget for drawn classes (the defaults); ann: 16 (10^5 classes) or "
+        "keeping 25% of its budget for drawn classes (the defaults); ann: 14 (10^5 classes) or "
         "96 (10^6) classes retrieved per sample, groups of 64 samples, nprobe 8, 128-bit codes, "
         "index rebuilt every 100 steps; "
         "samples/s and total s include those evaluations. Reproduce: "

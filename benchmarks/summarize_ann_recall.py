@@ -7,10 +7,10 @@ from pathlib import Path
 
 
 def _label(record: dict) -> str:
-    if record["backend"] != "megaclass":
+    if not record["backend"].startswith("BinaryIVF"):
         return f"{record['backend']}, {record['bits']} bits"
     rerank = f", re-rank {record['rerank']}" if record["rerank"] else ""
-    return f"BinaryIVF, {record['bits']} bits, {record['rotation']}{rerank}"
+    return f"{record['backend']}, {record['bits']} bits, {record['rotation']}{rerank}"
 
 
 def table(summary: dict) -> str:
