@@ -75,7 +75,7 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         blocks = []
         for members, columns in _groups(spec.groups):
             block = _Block(queries, scored, target_rows, members, columns, spec)
-            block.forward(spec)
+            block.forward()
             row_max[members], sum_exp[members] = block.lse.row_max, block.lse.sum_exp
             target_logits[members] = block.targets.logits
             blocks.append(block)
@@ -102,7 +102,7 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         grad_queries = torch.zeros(ctx.queries_shape, device=lse.device)
         grad_scored = None
         for block in ctx.blocks:
-            block_queries, block_scored = block.backward(lse, row_grad, spec)
+            block_queries, block_scored = block.backward(lse, row_grad)
             grad_queries[block.members] += block_queries
             if block.columns is None:
                 grad_scored = block_scored
@@ -138,7 +138,7 @@ class _Block:
     (scored[columns]; all of them when columns is None)."""
 
     def __init__(self, queries, scored, target_rows, members, columns, spec: ShardSpec):
-        self.members, self.columns = members, columns
+        self.members, self.columns, self.spec = members, columns, spec
         self.queries = queries[members]  # [b, D]
         target_rows = target_rows[members]
         self.offsets = spec.logit_offsets
@@ -155,7 +155,8 @@ class _Block:
             target_rows = torch.where(owned, position, target_rows)
         self.targets = shard_targets(self.queries, self.scored, target_rows, spec.margin)
 
-    def forward(self, spec: ShardSpec) -> None:
+    def forward(self) -> None:
+        spec = self.spec
         self.lse = shard_logsumexp(
             self.queries,
             self.scored,
@@ -166,7 +167,9 @@ class _Block:
             offsets=self.offsets,
         )
 
-    def backward(self, lse, row_grad, spec: ShardSpec):
+    def backward(self, lse: torch.Tensor, row_grad: torch.Tensor):
+        """-> (grad of this block's queries [b, D], grad of its scored rows [a, D])."""
+        spec = self.spec
         return shard_softmax_backward(
             self.queries,
             self.scored,
