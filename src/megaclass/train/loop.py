@@ -323,58 +323,50 @@ def _build_graph(head: ClassifierHead, step: int, progress: Progress) -> float:
 @torch.no_grad()
 def evaluate(model: Model, batch_size: int = 1024, split: str = "valid") -> dict:
     """Held-out top-1/top-5 with the exact chunked full softmax over every class; for SeqRec,
-    HIT@5/10/20 and NDCG@5/10/20 of ``split`` ("valid" or "test") by full ranking."""
+    HIT@5/10/20 and NDCG@5/10/20 of ``split`` ("valid" or "test") by full ranking (every item a
+    candidate, padding never): keys ``{split}_hit@k``, ``{split}_ndcg@k``, ``{split}_samples``."""
     if isinstance(model.dataset, SeqRec):
-        return _evaluate_ranking(model, batch_size, split)
-    backbone = model.backbone
-    backbone.eval()
+        sums: dict[str, float] = {}
+        for top, labels in _ranked(model, model.dataset.eval_batches(batch_size, split), k=20):
+            for name, value in ranking_sums(top.cpu(), labels.cpu()).items():
+                sums[name] = sums.get(name, 0.0) + value
+        totals = dict(zip(sums, _summed_over_ranks(list(sums.values()), model), strict=True))
+        count = totals.pop("count")
+        return {
+            **{f"{split}_{name}": total / count for name, total in totals.items()},
+            f"{split}_samples": int(count),
+        }
     correct1 = correct5 = total = 0
-    world, rank = model.head.world_size, model.head.rank
-    device = model.head.weight.device
-    for inputs, labels in model.dataset.eval_batches(batch_size):
-        rows = slice(*shard_range(len(labels), world, rank))
-        _, top = model.head.predict_topk(backbone(inputs[rows].to(device)), k=5)
-        hits = top == labels[rows].to(device)[:, None]
+    for top, labels in _ranked(model, model.dataset.eval_batches(batch_size), k=5):
+        hits = top == labels[:, None]
         correct1 += int(hits[:, 0].sum())
         correct5 += int(hits.any(1).sum())
-        total += len(labels[rows])
-    backbone.train()
-    counts = torch.tensor([correct1, correct5, total], dtype=torch.float64)
-    if model.group is not None:
-        dist.all_reduce(counts, group=model.group)
-    return {
-        "top1": float(counts[0] / counts[2]),
-        "top5": float(counts[1] / counts[2]),
-        "eval_samples": int(counts[2]),
-    }
+        total += len(labels)
+    correct1, correct5, total = _summed_over_ranks([correct1, correct5, total], model)
+    return {"top1": correct1 / total, "top5": correct5 / total, "eval_samples": int(total)}
 
 
-@torch.no_grad()
-def _evaluate_ranking(model: Model, batch_size: int, split: str) -> dict:
-    """Full-ranking metrics of a SeqRec split: every item is a candidate (``predict_topk`` over
-    all shards), padding never is. Keys ``{split}_hit@k``, ``{split}_ndcg@k``."""
-    backbone = model.backbone
+def _ranked(model: Model, batches, k: int):
+    """This rank's share of each held-out batch: (its best k classes over all shards [n, k],
+    labels [n]), with the backbone in eval mode meanwhile."""
+    backbone, head = model.backbone, model.head
+    device = head.weight.device
     backbone.eval()
-    world, rank = model.head.world_size, model.head.rank
-    device = model.head.weight.device
-    sums: dict[str, float] = {}
-    for histories, labels in model.dataset.eval_batches(batch_size, split):
-        rows = slice(*shard_range(len(labels), world, rank))
-        _, top = model.head.predict_topk(backbone(histories[rows].to(device)), k=20)
-        for name, value in ranking_sums(top.cpu(), labels[rows]).items():
-            sums[name] = sums.get(name, 0.0) + value
-    backbone.train()
-    names = sorted(sums)
-    totals = torch.tensor([sums[name] for name in names], dtype=torch.float64)
+    try:
+        for inputs, labels in batches:
+            rows = slice(*shard_range(len(labels), head.world_size, head.rank))
+            _, top = head.predict_topk(backbone(inputs[rows].to(device)), k=k)
+            yield top, labels[rows].to(device)
+    finally:
+        backbone.train()
+
+
+def _summed_over_ranks(values: list[float], model: Model) -> list[float]:
+    """Each value summed over the ranks (one all_reduce of [len(values)] fp64)."""
+    totals = torch.tensor(values, dtype=torch.float64)
     if model.group is not None:
         dist.all_reduce(totals, group=model.group)
-    count = float(totals[names.index("count")])
-    metrics = {
-        f"{split}_{name}": float(total) / count
-        for name, total in zip(names, totals, strict=True)
-        if name != "count"
-    }
-    return {**metrics, f"{split}_samples": int(count)}
+    return totals.tolist()
 
 
 def evaluate_run(run_dir: str | Path) -> dict:
