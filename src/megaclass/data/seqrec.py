@@ -18,7 +18,6 @@ user saw before.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,9 +94,6 @@ class SeqRec:
         for start in range(0, len(examples.labels), batch_size):
             stop = start + batch_size
             yield examples.histories[start:stop], examples.labels[start:stop]
-
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return math.ceil(len(self.train.labels) / batch_size)
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         if self._order is None or self._order[0] != epoch:
