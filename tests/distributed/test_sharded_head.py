@@ -249,3 +249,43 @@ def test_ann_on_three_ranks_retrieves_from_every_shard_and_keeps_every_label():
     assert labels <= set(active.tolist())
     assert all(r[4] == len(active) < NUM_CLASSES / 2 for r in per_rank)
     assert all(set(r[3].tolist()) - labels for r in per_rank)  # retrieved on every shard
+
+
+LOOKUP_CLASSES = 11  # shards of 6/5 and 4/4/3 rows
+
+
+def _lookup_ids(rank):
+    """Rank r looks up rows of every shard, some twice; rank 2 looks up nothing."""
+    return [torch.tensor([[0, 10], [5, 0], [7, 3]]), torch.tensor([[10, 4, 4]]), torch.tensor([])][
+        rank
+    ].long()
+
+
+def _lookup_case(group):
+    rank = group.rank() if group is not None else 0
+    head = megaclass.ClassifierHead(LOOKUP_CLASSES, 4, process_group=group)
+    ids = _lookup_ids(rank)
+    rows = head.lookup(ids)
+    (rows * (ids[..., None] + rank + 1)).sum().backward()  # a different weighting per rank
+    return rows.detach(), head.weight.grad.to_dense(), head.class_range
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_lookup_of_rows_on_any_shard_equals_indexing_the_whole_table(world_size):
+    results = [_lookup_case(None)] if world_size == 1 else run_ranks(world_size, _lookup_case)
+    table = megaclass.ClassifierHead(LOOKUP_CLASSES, 4).weight.detach()  # seeded by class id
+    expected_grad = torch.zeros_like(table)
+    for rank in range(world_size):
+        ids = _lookup_ids(rank)
+        weighting = (ids[..., None] + rank + 1).expand(*ids.shape, 4).float()
+        expected_grad.index_add_(0, ids.reshape(-1), weighting.reshape(-1, 4))
+    for rank, (rows, grad, (start, stop)) in enumerate(results):
+        assert torch.equal(rows, table[_lookup_ids(rank)])
+        # divided by the world size: a DDP backbone's gradients arrive world_size times too big
+        torch.testing.assert_close(grad, expected_grad[start:stop] / world_size)
+
+
+def test_lookup_rejects_ids_outside_the_classes():
+    head = megaclass.ClassifierHead(LOOKUP_CLASSES, 4)
+    with pytest.raises(ValueError, match=r"class ids must be in \[0, 11\), got \[0, 11\]"):
+        head.lookup(torch.tensor([0, 11]))

@@ -8,6 +8,8 @@ import torch
 
 from megaclass.train import train
 from megaclass.train.config import load_config
+from tests.distributed.harness import run_ranks
+from tests.integration.helpers import step_losses
 
 
 def _sequences(path, num_users=300, num_items=60, seed=0):
@@ -87,3 +89,37 @@ def test_sasrec_needs_seqrec_data_and_seqrec_needs_a_sequence_backbone(tmp_path)
         train(
             load_config(None, ["model.backbone='sasrec'", "data.num_classes=100"]), tmp_path / "b"
         )
+
+
+def test_tied_item_embeddings_learn_the_walks(tmp_path):
+    data = _sequences(tmp_path / "walks.txt")
+    config = _config(
+        data, "model.tie_item_embeddings=true", "head.sampler='knn'", "head.budget=0.5"
+    )
+    summary = train(config, tmp_path / "run")
+    assert summary["test_hit@10"] > 0.5
+    with pytest.raises(ValueError, match=r"tie_item_embeddings needs model\.backbone = 'sasrec'"):
+        load_config(None, ["model.tie_item_embeddings=true"])
+
+
+def _train_on_ranks(group, config, run_dir):
+    train(config, run_dir)
+
+
+def test_tied_item_embeddings_on_two_ranks_equal_one_rank(tmp_path):
+    data = _sequences(tmp_path / "walks.txt")
+    config = _config(
+        data,
+        "model.tie_item_embeddings=true",
+        "model.dropout=0.0",
+        "head.sampler='full'",
+        "train.steps=8",
+        "train.eval_every=0",
+        "train.log_every=1",
+    )
+    run_ranks(1, _train_on_ranks, config, tmp_path / "one")
+    run_ranks(2, _train_on_ranks, config, tmp_path / "two")
+    one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
+    assert one.keys() == two.keys() == set(range(1, 9))
+    for step in one:  # the items' rows live on both shards; only summation order differs
+        assert two[step] == pytest.approx(one[step], rel=1e-5), step

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from megaclass.data.seqrec import SeqRec, ranking_sums, read_sequences
+from megaclass.data.seqrec import NO_TARGET, SeqRec, ranking_sums, read_sequences
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "seqrec"
 
@@ -22,9 +22,9 @@ def test_leave_one_out_split_with_every_prefix_padding_and_truncation(tmp_path):
     path = _write(tmp_path, "u.txt", "1 5 6 7 8 9\n2 3 4 5\n3 1 2\n")
     data = SeqRec(path, max_len=3)
     assert data.num_classes == 9 and data.num_users == 3 and data.num_short_users == 1
-    # training: user 1 targets 6, 7 (histories [5], [5 6]); user 2 has none (3 items)
-    assert data.train.histories.tolist() == [[0, 0, 5], [0, 5, 6]]
-    assert data.train.labels.tolist() == [5, 6]  # class = item - 1
+    # training: user 1 targets 6, 7 after histories [5], [5 6], in one window; user 2 has none
+    assert data.train.histories.tolist() == [[0, 5, 6]]
+    assert data.train.labels.tolist() == [[NO_TARGET, 6 - 1, 7 - 1]]  # class = item - 1
     assert data.valid.histories.tolist() == [[5, 6, 7], [0, 0, 3]]
     assert data.valid.labels.tolist() == [8 - 1, 4 - 1]
     assert data.test.histories.tolist() == [[6, 7, 8], [0, 3, 4]]  # truncated to the last 3
@@ -45,14 +45,23 @@ def test_interaction_lines_give_the_same_data_as_user_lines(tmp_path):
         assert torch.equal(getattr(a, split).labels, getattr(b, split).labels)
 
 
-def test_training_batches_visit_every_example_once_per_epoch(tmp_path):
+def test_long_training_sequences_are_cut_into_windows_that_hold_every_target_once(tmp_path):
+    # training items 1 .. 8 (9 and 10 are the validation and test targets): targets 2 .. 8
+    data = SeqRec(_write(tmp_path, "u.txt", "1 1 2 3 4 5 6 7 8 9 10\n"), max_len=3)
+    assert data.train.histories.tolist() == [[5, 6, 7], [2, 3, 4], [0, 0, 1]]
+    assert (data.train.labels + 1).tolist() == [[6, 7, 8], [3, 4, 5], [0, 0, 2]]
+    assert data.valid.histories.tolist() == [[6, 7, 8]] and data.valid.labels.tolist() == [8]
+
+
+def test_training_batches_visit_every_window_once_per_epoch(tmp_path):
     path = _write(
-        tmp_path, "u.txt", "".join(f"{u} {' '.join(map(str, range(1, 9)))}\n" for u in range(1, 6))
+        tmp_path, "u.txt", "".join(f"{u} {' '.join(map(str, range(1, 9)))}\n" for u in range(1, 11))
     )
     data = SeqRec(path, max_len=4, seed=3)
-    n = len(data.train.labels)  # 5 users x 5 prefixes
-    seen = torch.cat([data.train_batch(step, 5)[1] for step in range(n // 5)])
-    assert sorted(seen.tolist()) == sorted(data.train.labels.tolist())
+    n = len(data.train.labels)  # 10 users x 2 windows
+    assert n == 20
+    seen = torch.cat([data.train_batch(step, 5)[0] for step in range(n // 5)])
+    assert sorted(seen.tolist()) == sorted(data.train.histories.tolist())
     assert not torch.equal(data.train_batch(0, 5)[0], data.train_batch(n // 5, 5)[0])
 
 
@@ -98,4 +107,4 @@ def test_shared_data_sets_load_with_their_published_sizes(name, users, items, in
     assert (data.num_users, data.num_classes) == (users, items)
     usable = [len(items) for items in sequences.values() if len(items) >= 3]
     assert len(data.test.labels) == len(data.valid.labels) == len(usable)
-    assert len(data.train.labels) == sum(usable) - 3 * len(usable)
+    assert int((data.train.labels != NO_TARGET).sum()) == sum(usable) - 3 * len(usable)

@@ -7,9 +7,16 @@ Files (see ../shared/data/README.md), item and user ids from 1:
 more than one line, ``users`` otherwise.
 
 Leave-one-out split per user with items ``s_1 .. s_n`` (n >= 3): test target ``s_n`` (history
-``s_1 .. s_n-1``), validation target ``s_n-1`` (history ``s_1 .. s_n-2``), and one training
-example per earlier prefix: target ``s_t`` with history ``s_1 .. s_t-1``, t = 2 .. n-2.
+``s_1 .. s_n-1``), validation target ``s_n-1`` (history ``s_1 .. s_n-2``), and every earlier
+prefix is a training example: target ``s_t`` with history ``s_1 .. s_t-1``, t = 2 .. n-2.
 Histories keep their last ``max_len`` items and are left-padded with 0, the padding id.
+
+Training examples come as windows, as SASRec trains: one window holds up to ``max_len``
+consecutive items ``s_a .. s_b`` as input and, at each position, the next item as target, so a
+causal encoder scores ``b - a + 1`` prefixes in one pass over ``max_len`` positions instead of
+one pass per prefix. A user's training sequence ``s_1 .. s_n-2`` is cut into windows from its
+end, so every target ``s_2 .. s_n-2`` appears exactly once; a target in an earlier window of a
+user with more than ``max_len`` training items sees only the history inside its window.
 
 Classes are items: item ``i`` is class ``i - 1`` (``num_classes`` = the largest item id), so
 padding is never a class and never a candidate; a target may be any item, including one the
@@ -29,9 +36,14 @@ SPLITS = ("valid", "test")
 _MIN_ITEMS = 3  # a test target, a validation target and one history item
 
 
+NO_TARGET = -1  # the label of a window position without a next item (padding)
+
+
 @dataclass(frozen=True)
 class Examples:
-    """histories [N, max_len] int64 item ids (0 = padding, most recent last); labels [N] classes."""
+    """histories [N, max_len] int64 item ids (0 = padding, most recent last); labels [N] classes
+    (evaluation: the next item after each history) or [N, max_len] (training windows: the class
+    of the next item after each position, ``NO_TARGET`` at padding)."""
 
     histories: torch.Tensor
     labels: torch.Tensor
@@ -41,9 +53,9 @@ class SeqRec:
     """A sequential recommendation data set split leave-one-out (see the module docstring).
 
     Like the other data sets it gives ``num_classes``, ``train_batch(step, batch_size, rows)``
-    (histories [n, max_len], labels [n]; each epoch visits the training examples in a seeded
-    order) and ``eval_batches(batch_size, split)``. Users with fewer than 3 items are left out
-    (``num_short_users`` counts them).
+    (``batch_size`` windows: histories [n, max_len], labels [n, max_len]; each epoch visits the
+    windows in a seeded order) and ``eval_batches(batch_size, split)`` (histories [n, max_len],
+    labels [n]). Users with fewer than 3 items are left out (``num_short_users`` counts them).
     """
 
     def __init__(
@@ -64,9 +76,7 @@ class SeqRec:
         self.num_short_users = len(sequences) - len(kept)
         if not kept:
             raise ValueError(f"{self.path}: no user has {_MIN_ITEMS} or more items")
-        self.train = self._examples(
-            (items[:t], items[t]) for items in kept for t in range(1, len(items) - 2)
-        )
+        self.train = self._windows(items[:-2] for items in kept)
         self.valid = self._examples((items[:-2], items[-2]) for items in kept)
         self.test = self._examples((items[:-1], items[-1]) for items in kept)
         self._order: tuple[int, torch.Tensor] | None = None
@@ -74,7 +84,8 @@ class SeqRec:
     def train_batch(
         self, step: int, batch_size: int, rows: slice = slice(None)
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows ``rows`` of global training batch ``step``: histories [n, max_len], labels [n]."""
+        """Rows ``rows`` of global training batch ``step`` (windows): histories [n, max_len],
+        labels [n, max_len]."""
         n = len(self.train.labels)
         index = torch.arange(step * batch_size, (step + 1) * batch_size)[rows]
         epochs = index // n
@@ -100,6 +111,21 @@ class SeqRec:
             generator = torch.Generator().manual_seed(self._seed * 1_000_003 + epoch)
             self._order = (epoch, torch.randperm(len(self.train.labels), generator=generator))
         return self._order[1]
+
+    def _windows(self, sequences) -> Examples:
+        histories, labels = [], []
+        for items in sequences:
+            for end in range(len(items) - 1, 0, -self.max_len):
+                start = max(0, end - self.max_len)
+                padding = self.max_len - (end - start)
+                histories.append([0] * padding + items[start:end])
+                labels.append(
+                    [NO_TARGET] * padding + [item - 1 for item in items[start + 1 : end + 1]]
+                )
+        return Examples(
+            torch.tensor(histories, dtype=torch.int64).view(-1, self.max_len),
+            torch.tensor(labels, dtype=torch.int64).view(-1, self.max_len),
+        )
 
     def _examples(self, pairs) -> Examples:
         histories, labels = [], []

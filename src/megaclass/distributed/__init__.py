@@ -5,6 +5,7 @@ from megaclass.distributed.collectives import (
     all_gather_ints,
     gather_rows,
     logsumexp_across,
+    lookup_rows,
     rank_and_size,
 )
 from megaclass.distributed.shard import shard_range, shard_sizes
@@ -13,6 +14,7 @@ __all__ = [
     "all_gather_ints",
     "gather_rows",
     "logsumexp_across",
+    "lookup_rows",
     "rank_and_size",
     "shard_range",
     "shard_sizes",

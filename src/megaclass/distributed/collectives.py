@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 
 def rank_and_size(group: dist.ProcessGroup | None) -> tuple[int, int]:
@@ -112,15 +113,71 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        sizes, max_rows = ctx.sizes, max(ctx.sizes)
-        if max_rows == 0:
-            return grad.new_empty((0, *grad.shape[1:])), None, None, None
-        padded = grad.new_zeros((len(sizes) * max_rows, *grad.shape[1:]))
-        for r, piece in enumerate(grad.split(sizes)):
-            padded[r * max_rows : r * max_rows + sizes[r]] = piece
-        own = grad.new_empty((max_rows, *grad.shape[1:]))
-        dist.reduce_scatter_single(own, padded, op=dist.ReduceOp.SUM, group=ctx.group)
-        own = own[: sizes[ctx.rank]]
+        own = _sum_scattered_rows(grad, ctx.sizes, ctx.group)
         if ctx.grad_scale != 1.0:
             own = own * ctx.grad_scale
         return own, None, None, None
+
+
+def _sum_scattered_rows(
+    rows: torch.Tensor, sizes: list[int], group: dist.ProcessGroup
+) -> torch.Tensor:
+    """rows [sum(sizes), ...], every rank's pieces in rank order -> this rank's piece
+    [sizes[rank], ...] summed over the ranks. One ``reduce_scatter_single`` (SUM) of
+    ``max(sizes)`` rows per rank."""
+    rank, _ = rank_and_size(group)
+    max_rows = max(sizes)
+    if max_rows == 0:
+        return rows.new_empty((0, *rows.shape[1:]))
+    padded = rows.new_zeros((len(sizes) * max_rows, *rows.shape[1:]))
+    for r, piece in enumerate(rows.split(sizes)):
+        padded[r * max_rows : r * max_rows + sizes[r]] = piece
+    own = rows.new_empty((max_rows, *rows.shape[1:]))
+    dist.reduce_scatter_single(own, padded, op=dist.ReduceOp.SUM, group=group)
+    return own[: sizes[rank]]
+
+
+def lookup_rows(
+    weight: torch.Tensor,
+    ids: torch.Tensor,
+    row_start: int,
+    group: dist.ProcessGroup | None,
+    grad_scale: float = 1.0,
+) -> torch.Tensor:
+    """Rows of a row-sharded table by global id: this rank holds rows ``row_start ..
+    row_start + len(weight)``; ids [n] may name rows of any rank -> [n, D].
+
+    Differentiable in ``weight``: its gradient (the sum over ranks of the gradients of the rows
+    looked up, times ``grad_scale``) is row-sparse, a sparse COO tensor over the rows this rank
+    owns that some rank looked up, never a dense [len(weight), D] tensor.
+
+    Collectives on ``group``: forward one ``all_gather_single`` of 1 int64, one of the ids
+    (padded to the largest count) and one ``reduce_scatter_single`` (SUM) of the rows; backward
+    one ``all_gather_single`` of the rows' gradient.
+    """
+    if group is None:
+        return F.embedding(ids - row_start, weight, sparse=True)
+    return _LookupRows.apply(weight, ids, row_start, group, grad_scale)
+
+
+class _LookupRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight, ids, row_start, group, grad_scale):
+        sizes = [n for (n,) in all_gather_ints([len(ids)], group)]
+        local = gather_rows(ids, sizes, group) - row_start  # [sum(sizes)] all ranks' ids
+        owned = (local >= 0) & (local < len(weight))
+        rows = weight.new_zeros((len(local), weight.shape[1]))  # [sum(sizes), D]
+        rows[owned] = weight[local[owned]]
+        ctx.save_for_backward(local[owned], owned)
+        ctx.sizes, ctx.group, ctx.weight_shape = sizes, group, weight.shape
+        ctx.grad_scale = grad_scale
+        return _sum_scattered_rows(rows, sizes, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, owned = ctx.saved_tensors
+        all_grads = gather_rows(grad.contiguous(), ctx.sizes, ctx.group)  # [sum(sizes), D]
+        grad_weight = torch.sparse_coo_tensor(  # rows repeat: the optimizer coalesces
+            rows[None], all_grads[owned] * ctx.grad_scale, ctx.weight_shape, check_invariants=False
+        )
+        return grad_weight, None, None, None, None

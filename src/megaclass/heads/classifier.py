@@ -10,7 +10,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from megaclass.distributed import all_gather_ints, gather_rows, rank_and_size, shard_range
+from megaclass.distributed import (
+    all_gather_ints,
+    gather_rows,
+    lookup_rows,
+    rank_and_size,
+    shard_range,
+)
 from megaclass.functional import shard_topk
 from megaclass.functional.margins import Margin, Softmax
 from megaclass.heads.sharded_cross_entropy import ShardSpec, sharded_cross_entropy
@@ -25,10 +31,12 @@ _INIT_BLOCK = 1 << 16  # rows drawn per seeded block, so a shard's init is indep
 @dataclass(frozen=True)
 class HeadOutput:
     """loss: scalar mean over the global batch (same on every rank);
-    num_active: classes scored this step, summed over all ranks."""
+    num_active: classes scored this step, summed over all ranks;
+    num_samples: rows of the global batch (all ranks)."""
 
     loss: torch.Tensor
     num_active: int
+    num_samples: int
 
 
 class ClassifierHead(nn.Module):
@@ -154,7 +162,7 @@ class ClassifierHead(nn.Module):
             groups=None if selection is None else selection.groups,
         )
         loss = sharded_cross_entropy(queries, self.weight, all_labels, spec)
-        return HeadOutput(loss=loss, num_active=num_active)
+        return HeadOutput(loss=loss, num_active=num_active, num_samples=sum(sizes))
 
     def _chunk_size_for(self, batch: int, active_rows: torch.Tensor | None) -> int | None:
         """A sampled step keeps its logits for backward when they are small enough (no recompute:
@@ -268,6 +276,31 @@ class ClassifierHead(nn.Module):
             self.steps_since_graph += 1
             self._rows_to_reindex = selection.rows
         return selection
+
+    def lookup(self, class_ids: torch.Tensor) -> torch.Tensor:
+        """The weights of ``class_ids`` (global ids, any shape, rows of any shard) -> [*shape, D],
+        with a row-sparse gradient into this shard's weight: a backbone may take the classes'
+        weights as its input embeddings (weight tying), and the optimizers then update the rows
+        looked up besides the rows the loss scored.
+
+        For a backbone under DDP: the head hands the backbone gradients ``world_size`` times
+        their value (DDP averages them over the ranks), so the gradient arriving here is divided
+        by ``world_size`` before it reaches the weight, which DDP does not average.
+
+        Collectives on ``process_group`` (every rank calls it, in the same order; see
+        ``megaclass.distributed.lookup_rows``): forward 3 (sizes, ids, a reduce-scatter of the
+        rows), backward 1 (an all_gather of their gradient).
+        """
+        if class_ids.numel() and (class_ids.min() < 0 or class_ids.max() >= self.num_classes):
+            raise ValueError(
+                f"class ids must be in [0, {self.num_classes}), got "
+                f"[{int(class_ids.min())}, {int(class_ids.max())}]"
+            )
+        flat = class_ids.reshape(-1)
+        rows = lookup_rows(
+            self.weight, flat, self.class_range[0], self.process_group, 1.0 / self.world_size
+        )
+        return rows.view(*class_ids.shape, self.embedding_dim)
 
     @torch.no_grad()
     def predict_topk(

@@ -61,6 +61,7 @@ class ModelConfig:
     num_layers: int = 2  # mlp, sasrec
     num_heads: int = 2  # sasrec: attention heads
     dropout: float = 0.2  # sasrec
+    tie_item_embeddings: bool = False  # sasrec: the input item vectors are the head's weights
 
     def __post_init__(self) -> None:
         if self.backbone not in ("mlp", "sasrec") and ":" not in self.backbone:
@@ -68,6 +69,8 @@ class ModelConfig:
                 "model.backbone must be 'mlp', 'sasrec' or 'package.module:factory', got "
                 f"{self.backbone!r}"
             )
+        if self.tie_item_embeddings and self.backbone != "sasrec":
+            raise ValueError("model.tie_item_embeddings needs model.backbone = 'sasrec'")
         _at_least("model.num_heads", self.num_heads, 1)
         if not 0 <= self.dropout < 1:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")

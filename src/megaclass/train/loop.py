@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from megaclass import samplers
 from megaclass.data import FeatureFiles, SeqRec, SyntheticCatalog
-from megaclass.data.seqrec import ranking_sums
+from megaclass.data.seqrec import NO_TARGET, ranking_sums
 from megaclass.distributed import shard_range
 from megaclass.functional import margins
 from megaclass.heads import ClassifierHead
@@ -97,10 +97,6 @@ def build_model(config: RunConfig, group: dist.ProcessGroup | None) -> Model:
     else:
         dataset = FeatureFiles(data.path, data.num_classes, data.seed)
     device = _device()
-    torch.manual_seed(config.train.seed)  # the same backbone initialisation on every rank
-    backbone = _build_backbone(config, dataset).to(device)
-    if group is not None:
-        backbone = DistributedDataParallel(backbone, process_group=group)
     head = ClassifierHead(
         dataset.num_classes,
         config.model.embedding_dim,
@@ -113,10 +109,14 @@ def build_model(config: RunConfig, group: dist.ProcessGroup | None) -> Model:
         check_finite=False,  # the loop checks the loss instead, naming the step
         device=device,
     )
+    torch.manual_seed(config.train.seed)  # the same backbone initialisation on every rank
+    backbone = _build_backbone(config, dataset, head).to(device)
+    if group is not None:
+        backbone = DistributedDataParallel(backbone, process_group=group)
     return Model(config, dataset, backbone, head, group)
 
 
-def _build_backbone(config: RunConfig, dataset) -> torch.nn.Module:
+def _build_backbone(config: RunConfig, dataset, head: ClassifierHead) -> torch.nn.Module:
     model = config.model
     if model.backbone == "sasrec":
         if not isinstance(dataset, SeqRec):
@@ -128,6 +128,7 @@ def _build_backbone(config: RunConfig, dataset) -> torch.nn.Module:
             model.num_layers,
             model.num_heads,
             model.dropout,
+            item_lookup=head.lookup if model.tie_item_embeddings else None,
         )
     if model.backbone == "mlp" and isinstance(dataset, SeqRec):
         raise ValueError("data.source = 'seqrec' needs model.backbone = 'sasrec' or a factory")
@@ -180,7 +181,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
         + (f", resuming at step {start}" if resume else "")
     )
     began, window_began = time.perf_counter(), time.perf_counter()
-    window_loss, window_steps, samples, graph_s = 0.0, 0, 0, 0.0
+    window_loss, window_steps, window_samples, samples, graph_s = 0.0, 0, 0, 0, 0.0
     last_metrics: dict = {}
     best: dict = {}  # the best validation score so far: step, metrics (and test then)
     evaluations_since_best = 0
@@ -197,7 +198,9 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
                 graph_s += _build_graph(model.head, step, progress)
             inputs, labels = model.dataset.train_batch(step, batch, model.local_rows)
             device = model.head.weight.device
-            out = model.head(model.backbone(inputs.to(device)), labels.to(device))
+            out = model.head(
+                *_prediction_rows(model.backbone(inputs.to(device)), labels.to(device))
+            )
             loss = out.loss.item()
             if not math.isfinite(loss):
                 kept = [p.name for p in (run_dir / "checkpoints").glob("step-*[0-9]")]
@@ -211,18 +214,15 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
             backbone_optimizer.step()
             head_optimizer.step()
             done = step + 1
-            window_loss, window_steps, samples = (
-                window_loss + loss,
-                window_steps + 1,
-                samples + batch,
-            )
+            window_loss, window_steps = window_loss + loss, window_steps + 1
+            window_samples, samples = window_samples + out.num_samples, samples + out.num_samples
             if done % config.train.log_every == 0 or done == steps:
                 elapsed = time.perf_counter() - window_began
                 last_metrics = {
                     "step": done,
                     "loss": window_loss / window_steps,
                     "lr": opt.lr * lr_scale,
-                    "samples_per_s": window_steps * batch / elapsed,
+                    "samples_per_s": window_samples / elapsed,
                     "active_classes": out.num_active,
                 }
                 if config.train.eval_every and done % config.train.eval_every == 0 and done < steps:
@@ -235,7 +235,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
                         evaluations_since_best += 1
                 if rank0:
                     _append_jsonl(run_dir / "metrics.jsonl", last_metrics)
-                window_loss, window_steps, window_began = 0.0, 0, time.perf_counter()
+                window_loss, window_steps, window_samples = 0.0, 0, 0
+                window_began = time.perf_counter()
             progress.update(done, loss=loss)
             if done % config.checkpoint.every == 0 and done < steps:
                 checkpoint(done)
@@ -256,11 +257,12 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
     if isinstance(model.dataset, SeqRec):
         metrics.update(evaluate(model, split="test"))
     if not best or _score(metrics) > _score(best):
-        best = {"step": steps, **metrics}
+        best = {"step": steps, **_epochs(model, steps), **metrics}
     summary = {
         **metrics,
         "best": best,
         "steps": steps,
+        **_epochs(model, steps),
         "total_time_s": total,
         "mean_samples_per_s": samples / total if total > 0 else 0.0,
         "graph_build_s": graph_s,
@@ -286,10 +288,19 @@ def _score(metrics: dict) -> float:
 
 def _best_metrics(model: Model, step: int, metrics: dict) -> dict:
     """A new best validation score: its metrics, with the test metrics of that model."""
-    best = {"step": step, **metrics}
+    best = {"step": step, **_epochs(model, step), **metrics}
     if isinstance(model.dataset, SeqRec):
         best.update(evaluate(model, split="test"))
     return best
+
+
+def _epochs(model: Model, steps: int) -> dict:
+    """``{"epochs": passes over the training windows}`` after ``steps`` for SeqRec; ``{}`` for
+    data sets without epochs."""
+    if not isinstance(model.dataset, SeqRec):
+        return {}
+    windows = len(model.dataset.train.labels)
+    return {"epochs": steps * model.config.train.batch_size / windows}
 
 
 def _headline(metrics: dict) -> str:
@@ -355,10 +366,27 @@ def _ranked(model: Model, batches, k: int):
     try:
         for inputs, labels in batches:
             rows = slice(*shard_range(len(labels), head.world_size, head.rank))
-            _, top = head.predict_topk(backbone(inputs[rows].to(device)), k=k)
-            yield top, labels[rows].to(device)
+            embeddings, mine = _prediction_rows(
+                backbone(inputs[rows].to(device)), labels[rows].to(device)
+            )
+            _, top = head.predict_topk(embeddings, k=k)
+            yield top, mine
     finally:
         backbone.train()
+
+
+def _prediction_rows(
+    embeddings: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backbone's output and the labels as the head takes them: [n, D], [n]. A sequence
+    backbone's output [B, L, D] keeps the positions with a target (training windows, labels
+    [B, L]) or the last position (evaluation, labels [B])."""
+    if embeddings.dim() == 2:
+        return embeddings, labels
+    if labels.dim() == 2:
+        keep = labels != NO_TARGET  # [B, L]
+        return embeddings[keep], labels[keep]
+    return embeddings[:, -1], labels
 
 
 def _summed_over_ranks(values: list[float], model: Model) -> list[float]:

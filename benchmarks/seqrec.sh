@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Reproduces benchmarks/results/seqrec.md and seqrec.png: SASRec on the next-item data sets of
+# ../shared/data/seqrec with the full softmax and with knn, ann and random at a 10% budget, over
+# seeds, each run the data set's recipe (recipes/seqrec-NAME.toml) with early stopping on
+# validation NDCG@10; the table gives test HIT@10 and NDCG@10 at the best validation step.
+# Usage: seqrec.sh [NAME...] (default: beauty sports toys video). Environment: SEEDS (default
+# "0 1 2"), JOBS runs side by side (default 2, one thread each). Finished runs are kept and
+# skipped, so an interrupted sweep picks up where it stopped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=runs/seqrec
+seeds=${SEEDS:-"0 1 2"}
+jobs=${JOBS:-2}
+[ $# -gt 0 ] || set -- beauty sports toys video
+mkdir -p "$runs"
+for data in "$@"; do
+  for seed in $seeds; do
+    for sampler in full knn ann random; do
+      dir="$runs/$data-$sampler-$seed"
+      [ -f "$dir/summary.json" ] || echo "$data $sampler $seed $dir"
+    done
+  done
+done | xargs -P "$jobs" -L 1 sh -c '
+  rm -rf "$4" &&
+  megaclass train --config "recipes/seqrec-$1.toml" --run-dir "$4" --set train.threads=1 \
+    --set head.sampler="\"$2\"" --set train.seed="$3" --set data.seed="$3" > "$4.log" 2>&1 &&
+  echo "$4: $(tail -n 2 "$4.log" | tr "\n" " ")"' sh
+python benchmarks/summarize_seqrec.py "$runs" benchmarks/results
