@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from megaclass.train.config import RunConfig, from_dict, load_config, to_toml
@@ -51,3 +53,15 @@ def test_unreadable_config_files(tmp_path):
     (tmp_path / "bad.toml").write_text("[train\nsteps = ")
     with pytest.raises(ValueError, match="not valid TOML"):
         load_config(str(tmp_path / "bad.toml"))
+
+
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.toml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_recipes_load_and_name_their_data(recipe):
+    config = load_config(str(recipe))
+    assert config.name == recipe.stem
+    if config.data.source == "seqrec":
+        assert config.model.backbone == "sasrec" and config.train.patience > 0
+        assert config.data.path.startswith("../shared/data/seqrec/")
