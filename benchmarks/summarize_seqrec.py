@@ -43,6 +43,8 @@ def table(runs: dict[tuple[str, str], list[dict]]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for data, (stem, hit, ndcg) in DATA_SETS.items():
+        if not any((data, sampler) in runs for sampler in SAMPLERS):
+            continue
         full = runs.get((data, "full"))
         for sampler in SAMPLERS:
             summaries = runs.get((data, sampler))
@@ -99,7 +101,7 @@ def plot(runs: dict[tuple[str, str], list[dict]], out: Path) -> None:
         axis.set_xticks([x + 2 * width for x in range(len(names))])
         axis.set_xticklabels([DATA_SETS[d][0] for d in names])
         axis.set_title(metric.replace("test_", "test ").upper().replace("TEST", "test"))
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=8, loc="lower left")
     figure.suptitle("Next-item prediction, SASRec, 10% budget for the sampled softmaxes")
     figure.tight_layout()
     figure.savefig(out, dpi=120)
