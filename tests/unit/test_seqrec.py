@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from megaclass import ClassifierHead
 from megaclass.data.seqrec import NO_TARGET, SeqRec, ranking_sums, read_sequences
+from megaclass.models import SASRec
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "seqrec"
 
@@ -108,3 +110,21 @@ def test_shared_data_sets_load_with_their_published_sizes(name, users, items, in
     usable = [len(items) for items in sequences.values() if len(items) >= 3]
     assert len(data.test.labels) == len(data.valid.labels) == len(usable)
     assert int((data.train.labels != NO_TARGET).sum()) == sum(usable) - 3 * len(usable)
+
+
+def test_tied_sasrec_equals_untied_sasrec_holding_the_same_item_vectors():
+    head = ClassifierHead(9, 8)
+    untied = SASRec(9, 8, max_len=4, num_layers=1, dropout=0.0)
+    tied = SASRec(9, 8, max_len=4, num_layers=1, dropout=0.0, item_lookup=head.lookup)
+    tied.load_state_dict(
+        {k: v for k, v in untied.state_dict().items() if not k.startswith("items.")}
+    )
+    with torch.no_grad():
+        untied.items.weight[1:] = head.weight  # row 0: padding
+    histories = torch.tensor([[0, 0, 3, 9], [2, 2, 5, 1]])
+    out_tied, out_untied = tied(histories), untied(histories)
+    torch.testing.assert_close(out_tied, out_untied)
+    out_tied.square().sum().backward()
+    out_untied.square().sum().backward()
+    torch.testing.assert_close(head.weight.grad.to_dense(), untied.items.weight.grad[1:])
+    assert set(head.weight.grad.coalesce().indices()[0].tolist()) == {2, 8, 1, 4, 0}

@@ -19,7 +19,7 @@ class SASRec(nn.Module):
     row of the attention is empty), then a final LayerNorm.
 
     ``item_lookup`` ties the input embeddings to the output layer: a function from item classes
-    (item id - 1) [B, L] to their vectors [B, L, D], e.g. ``ClassifierHead.lookup``, which works
+    (item id - 1) [n] to their vectors [n, D], e.g. ``ClassifierHead.lookup``, which works
     with a class-sharded head; the module then has no item table of its own and padding
     contributes zero vectors.
     """
@@ -82,5 +82,8 @@ class SASRec(nn.Module):
         """histories [B, L] -> [B, L, D], zero at padding."""
         if self.items is not None:
             return self.items(histories)
-        vectors = self.item_lookup((histories - 1).clamp(min=0))  # [B, L, D]
-        return vectors * (histories > 0).unsqueeze(-1)
+        present = histories > 0  # [B, L]; only items are looked up, padding stays zero
+        rows = self.item_lookup(histories[present] - 1)  # [n, D]
+        vectors = rows.new_zeros((*histories.shape, rows.shape[-1]))
+        vectors[present] = rows
+        return vectors
