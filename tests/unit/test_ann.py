@@ -1,5 +1,7 @@
 """The ANN sampler in the head: grouped softmax against a masked reference, Full equivalence."""
 
+import math
+
 import pytest
 import torch
 
@@ -30,10 +32,15 @@ def _recording_head(margin, sampler, w):
 
 @pytest.mark.parametrize("margin", ALL_MARGINS, ids=repr)
 @pytest.mark.parametrize("group_size", [1, 8, 64])
-def test_ann_retrieving_every_class_equals_full(margin, group_size):
+@pytest.mark.parametrize(
+    "everything",
+    [{"k": NUM_CLASSES, "nprobe": 99}, {"k": 3, "nprobe": 1, "uniform": 1.0}],
+    ids=["retrieved", "drawn"],
+)
+def test_ann_scoring_every_class_equals_full(margin, group_size, everything):
     x, y, w = _problem()
     results = []
-    for sampler in (samplers.Full(), samplers.ANN(k=NUM_CLASSES, group_size=group_size, nprobe=99)):
+    for sampler in (samplers.Full(), samplers.ANN(group_size=group_size, **everything)):
         head = _recording_head(margin, sampler, w)
         xr = x.clone().requires_grad_()
         out = head(xr, y)
@@ -45,11 +52,13 @@ def test_ann_retrieving_every_class_equals_full(margin, group_size):
 
 
 @pytest.mark.parametrize("margin", [margins.CosFace(16.0, 0.2), margins.Softmax()], ids=repr)
-def test_each_group_is_scored_over_its_own_candidates_and_labels(margin):
+@pytest.mark.parametrize("uniform", [0.0, 0.1])
+def test_each_group_is_scored_over_its_own_candidates_and_labels(margin, uniform):
     """The loss and gradients are the float64 softmax of each sample over its group's classes
-    (every other logit masked out); labels are in their group; gradients touch active rows only."""
+    (every other logit masked out, the uniform draw's logits corrected); labels are in their
+    group; gradients touch active rows only."""
     x, y, w = _problem()
-    sampler = samplers.ANN(k=40, group_size=6, nprobe=2, num_bits=64)
+    sampler = samplers.ANN(k=40, group_size=6, nprobe=2, num_bits=64, uniform=uniform)
     head = _recording_head(margin, sampler, w)
     xr = x.clone().requires_grad_()
     out = head(xr, y)
@@ -60,12 +69,27 @@ def test_each_group_is_scored_over_its_own_candidates_and_labels(margin):
     assert groups is not None and len(groups.members) == 5  # 29 samples in groups of 6
     assert torch.equal(torch.sort(torch.cat(groups.members)).values, torch.arange(BATCH))
     mask = torch.full((BATCH, NUM_CLASSES), float("-inf"), dtype=torch.float64)
-    for members, columns in zip(groups.members, groups.columns, strict=True):
+    offsets = groups.logit_offsets or (None,) * len(groups.members)
+    draws = []
+    for members, columns, group_offsets in zip(
+        groups.members, groups.columns, offsets, strict=True
+    ):
         classes = selection.rows[columns]
         labels = y[members]
         assert set(labels[labels >= 0].tolist()) <= set(classes.tolist())
         assert len(classes) < NUM_CLASSES / 3  # retrieval, not everything
-        mask[members[:, None], classes[None]] = 0.0
+        if group_offsets is None:
+            group_offsets = torch.zeros(len(classes))
+        drawn = group_offsets > 0  # drawn, not among the group's candidates and labels
+        assert not drawn[torch.isin(classes, labels)].any()
+        unchosen = NUM_CLASSES - int((~drawn).sum())
+        assert torch.allclose(group_offsets[drawn], torch.tensor(math.log(unchosen / drawn.sum())))
+        draws.append(classes[drawn])
+        mask[members[:, None], classes[None]] = group_offsets.double()
+    drawn = torch.cat(draws).unique()  # every group scores the whole draw
+    assert len(drawn) <= round(uniform * NUM_CLASSES) and (len(drawn) > 0) == (uniform > 0)
+    for columns in groups.columns:
+        assert torch.isin(drawn, selection.rows[columns]).all()
     assert out.num_active == len(selection.rows)
     grad = head.weight.grad.coalesce()
     assert torch.equal(grad.indices()[0], selection.rows)
@@ -103,3 +127,5 @@ def test_ann_settings_are_checked():
         samplers.ANN(num_bits=96)
     with pytest.raises(ValueError, match="rotation"):
         samplers.ANN(rotation="pq")
+    with pytest.raises(ValueError, match="uniform"):
+        samplers.ANN(uniform=1.5)

@@ -271,7 +271,9 @@ class ClassifierHead(nn.Module):
             self.sampler.rerank,
             probes=probes,
         )[1]  # [B, k_local]
-        selection = self.sampler.select(positives, retrieved, probes[:, 0])
+        selection = self.sampler.select(
+            positives, retrieved, probes[:, 0], self.num_local, self.sampling_generator
+        )
         if torch.is_grad_enabled():
             self.steps_since_graph += 1
             self._rows_to_reindex = selection.rows

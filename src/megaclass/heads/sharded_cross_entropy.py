@@ -30,7 +30,7 @@ class ShardSpec:
     matmul_dtype: torch.dtype
     active_rows: torch.Tensor | None = None  # sorted rows of ``weight`` scored; None: all
     logit_offsets: torch.Tensor | None = None  # [A] fp32 added to the active rows' logits
-    groups: SampleGroups | None = None  # with active rows: each group's columns of them
+    groups: SampleGroups | None = None  # with active rows: each group's columns (and offsets)
 
 
 def sharded_cross_entropy(
@@ -50,7 +50,7 @@ def sharded_cross_entropy(
     (with active rows) is added to the logits of each active row, its target logits excepted:
     the sampled-softmax correction (see ``megaclass.samplers.Selection``). With ``spec.groups``
     each group of samples is scored over its own columns of the active rows only (its softmax
-    runs over those, on every shard).
+    runs over those, on every shard), with the groups' own offsets.
 
     Collectives on ``spec.group`` (forward only): those of ``logsumexp_across``, i.e. one
     all_reduce MAX of [B] and one all_reduce SUM of [2, B]. The backward pass communicates nothing.
@@ -73,8 +73,8 @@ class _ShardedCrossEntropy(torch.autograd.Function):
             torch.empty(len(labels), device=queries.device) for _ in range(3)
         )
         blocks = []
-        for members, columns in _groups(spec.groups):
-            block = _Block(queries, scored, target_rows, members, columns, spec)
+        for members, columns, offsets in _groups(spec):
+            block = _Block(queries, scored, target_rows, members, columns, offsets, spec)
             block.forward()
             row_max[members], sum_exp[members] = block.lse.row_max, block.lse.sum_exp
             target_logits[members] = block.targets.logits
@@ -125,29 +125,30 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         return grad_queries.to(ctx.queries_dtype), grad_weight, None, None
 
 
-def _groups(groups: SampleGroups | None):
-    """(members, columns) of each group; one group of every row and column without groups."""
+def _groups(spec: ShardSpec):
+    """(members, columns, logit offsets of the columns) of each group; one group of every row
+    and column (with ``spec.logit_offsets``) without groups."""
+    groups = spec.groups
     if groups is None:
-        yield slice(None), None
+        yield slice(None), None, spec.logit_offsets
         return
-    yield from zip(groups.members, groups.columns, strict=True)
+    offsets = groups.logit_offsets or (None,) * len(groups.members)
+    yield from zip(groups.members, groups.columns, offsets, strict=True)
 
 
 class _Block:
     """One group of samples (queries[members]) and the active rows it is scored over
-    (scored[columns]; all of them when columns is None)."""
+    (scored[columns]; all of them when columns is None), with offsets [a] added to their logits
+    (or None)."""
 
-    def __init__(self, queries, scored, target_rows, members, columns, spec: ShardSpec):
-        self.members, self.columns, self.spec = members, columns, spec
+    def __init__(self, queries, scored, target_rows, members, columns, offsets, spec: ShardSpec):
+        self.members, self.columns, self.offsets, self.spec = members, columns, offsets, spec
         self.queries = queries[members]  # [b, D]
         target_rows = target_rows[members]
-        self.offsets = spec.logit_offsets
         if columns is None:
             self.scored = scored
         else:
             self.scored = scored.index_select(0, columns)  # [a, D]
-            if self.offsets is not None:
-                self.offsets = self.offsets[columns]
             owned = target_rows >= 0
             position = torch.searchsorted(columns, target_rows).clamp_max(len(columns) - 1)
             if bool(owned.any()) and bool((columns[position] != target_rows)[owned].any()):

@@ -9,6 +9,7 @@ import torch
 
 from megaclass.index.binary_ivf import BACKENDS, ROTATIONS
 from megaclass.samplers.selection import SampleGroups, Selection
+from megaclass.samplers.uniform import fill_offsets, fill_uniform
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,8 @@ class ANN:
 
     Exactly which classes a sample's softmax runs over: on every rank, the classes of that rank's
     shard retrieved for any sample of its group, plus the labels of its group that the shard
-    owns; summed over the ranks. Groups are formed on each rank: the global batch sorted by each
+    owns, plus the step's uniform draw from the shard (``uniform``); summed over the ranks.
+    Groups are formed on each rank: the global batch sorted by each
     sample's nearest coarse list of that rank's index, cut into runs of ``group_size``, so that
     members share many candidates and each group's logits are one dense block.
 
@@ -36,6 +38,13 @@ class ANN:
         in between, the rows each step updated are re-encoded before the next step.
     backend: the index's Hamming scan, ``"auto"``, ``"torch"`` or ``"faiss"`` (see
         ``BinaryIVF``); the results differ only in the order of rows at equal distance.
+    uniform: share of each shard drawn uniformly once per step and scored by every group beside
+        its candidates. Retrieval alone gives each sample only its hardest negatives, so the
+        softmax never sees the rest of the catalogue; the draw stands for it: for a group with
+        ``c`` candidates in a shard of ``n`` rows, the ``d`` drawn rows that are not among them
+        get ``log((n - c) / d)`` added to their logits (as ``Random``'s correction, see
+        ``Selection``), so the group's sum of exponentials is an unbiased estimate of the sum
+        over the whole shard. 0: retrieval only.
     """
 
     k: int = 256
@@ -47,6 +56,7 @@ class ANN:
     rerank: int = 0
     refresh_every: int = 1000
     backend: str = "auto"
+    uniform: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("k", "group_size", "nprobe", "refresh_every"):
@@ -62,13 +72,20 @@ class ANN:
             raise ValueError(f"ANN rotation must be one of {ROTATIONS}, got {self.rotation!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"ANN backend must be one of {BACKENDS}, got {self.backend!r}")
+        if not 0 <= self.uniform <= 1:
+            raise ValueError(f"ANN uniform must be in [0, 1], got {self.uniform}")
 
     def local_k(self, num_classes: int, num_local: int) -> int:
         """Classes each sample retrieves from a shard of ``num_local`` classes."""
         return min(num_local, math.ceil(self.k * num_local / num_classes))
 
     def select(
-        self, positives: torch.Tensor, retrieved: torch.Tensor, lists: torch.Tensor
+        self,
+        positives: torch.Tensor,
+        retrieved: torch.Tensor,
+        lists: torch.Tensor,
+        num_local: int,
+        generator: torch.Generator,
     ) -> Selection:
         """Active rows of this shard and each group's columns of them.
 
@@ -79,12 +96,21 @@ class ANN:
         order = torch.argsort(lists, stable=True)
         members = order.split(self.group_size)
         candidates = torch.cat([retrieved, positives[:, None]], dim=1)  # [B, k + 1]
-        per_group = [_distinct_rows(candidates[group]) for group in members]
+        chosen = [_distinct_rows(candidates[group]) for group in members]
+        empty = retrieved.new_empty(0)
+        drawn = fill_uniform(empty, round(self.uniform * num_local), num_local, generator)
+        per_group = [torch.cat([rows, drawn]).unique() for rows in chosen]  # sorted
+        offsets = tuple(
+            fill_offsets(rows, own, num_local) for rows, own in zip(per_group, chosen, strict=True)
+        )
         rows = torch.cat(per_group).unique()  # sorted
         if len(members) == 1:
-            return Selection(rows)
+            return Selection(rows, offsets[0])
         columns = tuple(torch.searchsorted(rows, group_rows) for group_rows in per_group)
-        return Selection(rows, groups=SampleGroups(members=tuple(members), columns=columns))
+        groups = SampleGroups(
+            tuple(members), columns, offsets if any(o is not None for o in offsets) else None
+        )
+        return Selection(rows, groups=groups)
 
 
 def _distinct_rows(candidates: torch.Tensor) -> torch.Tensor:

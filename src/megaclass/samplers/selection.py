@@ -16,10 +16,14 @@ class SampleGroups:
     members: one [b_g] int64 per group, batch rows; together a partition of the batch.
     columns: one [a_g] int64 per group, sorted positions in ``Selection.rows``; every label of a
         group's samples that this shard owns is among them.
+    logit_offsets: one [a_g] fp32 (or None) per group, added to the group's logits of its
+        columns (the correction of a uniform fill, as ``Selection.logit_offsets`` without
+        groups), or None for none.
     """
 
     members: tuple[torch.Tensor, ...]
     columns: tuple[torch.Tensor, ...]
+    logit_offsets: tuple[torch.Tensor | None, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -37,5 +41,5 @@ class Selection:
     """
 
     rows: torch.Tensor
-    logit_offsets: torch.Tensor | None = None
+    logit_offsets: torch.Tensor | None = None  # without groups (groups carry their own)
     groups: SampleGroups | None = None  # None: every sample is scored over every active row

@@ -20,12 +20,21 @@ def select_with_fill(
 ) -> Selection:
     """``fill_uniform``, with the logit correction of the drawn rows when ``correct``."""
     rows = fill_uniform(chosen, wanted, num_local, generator)
-    unchosen, drawn = num_local - len(chosen), len(rows) - len(chosen)
-    if not correct or drawn in (0, unchosen):  # nothing drawn, or every row: no correction
-        return Selection(rows)
+    return Selection(rows, fill_offsets(rows, chosen, num_local) if correct else None)
+
+
+def fill_offsets(rows: torch.Tensor, chosen: torch.Tensor, num_local: int) -> torch.Tensor | None:
+    """The logit correction of a uniform fill (see ``Selection``): rows [A] (sorted, distinct)
+    hold the distinct ``chosen`` rows and a uniform draw of the shard's other rows; each drawn
+    row gets log(unchosen / drawn), chosen rows 0. -> [A] fp32, or None when nothing or every
+    other row was drawn (no correction)."""
+    drawn = ~torch.isin(rows, chosen.to(rows.device))
+    unchosen, num_drawn = num_local - len(chosen), int(drawn.sum())
+    if num_drawn in (0, unchosen):
+        return None
     offsets = torch.zeros(len(rows), device=rows.device)
-    offsets[~torch.isin(rows, chosen.to(rows.device))] = math.log(unchosen / drawn)
-    return Selection(rows, offsets)
+    offsets[drawn] = math.log(unchosen / num_drawn)
+    return offsets
 
 
 def fill_uniform(

@@ -449,6 +449,7 @@ def build_sampler(config: RunConfig) -> samplers.Sampler:
             rerank=head.ann_rerank,
             refresh_every=head.refresh_every,
             backend=head.ann_backend,
+            uniform=head.ann_uniform,
         )
     return samplers.Full()
 
