@@ -21,9 +21,9 @@ class ANN:
     Exactly which classes a sample's softmax runs over: on every rank, the classes of that rank's
     shard retrieved for any sample of its group, plus the labels of its group that the shard
     owns, plus the step's uniform draw from the shard (``uniform``); summed over the ranks.
-    Groups are formed on each rank: the global batch sorted by each
-    sample's nearest coarse list of that rank's index, cut into runs of ``group_size``, so that
-    members share many candidates and each group's logits are one dense block.
+    Groups are formed on each rank: the global batch sorted by each sample's nearest coarse list
+    of that rank's index, cut into runs of ``group_size``, so that members share many candidates
+    and each group's logits are one dense block.
 
     k: classes retrieved per sample over all shards (each shard retrieves its share,
         ``ceil(k * shard / classes)``, from its own index).
@@ -91,7 +91,8 @@ class ANN:
 
         positives [B]: local row of each sample's label, -1 where another shard owns it;
         retrieved [B, k]: local rows retrieved for each sample (-1 padded);
-        lists [B]: each sample's nearest coarse list (the grouping key).
+        lists [B]: each sample's nearest coarse list (the grouping key);
+        num_local: rows in this shard; generator: draws the uniform share.
         """
         order = torch.argsort(lists, stable=True)
         members = order.split(self.group_size)
