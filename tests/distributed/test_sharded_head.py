@@ -226,19 +226,25 @@ def test_ivf_graph_on_three_ranks_probing_every_list_is_the_exact_graph():
         assert torch.equal(graph, cos.topk(5, dim=1).indices)
 
 
-def _ann_case(group, k, uniform=0.0):
-    sampler = megaclass.samplers.ANN(k=k, group_size=8, nprobe=1000, num_bits=64, uniform=uniform)
+def _ann_case(group, k, uniform=0.0, search="ivf"):
+    sampler = megaclass.samplers.ANN(
+        k=k, group_size=8, nprobe=1000, num_bits=64, uniform=uniform, search=search
+    )
     out, grad_x, grad_w, active, _ = _sampled_step(group, sampler, margins.CosFace(scale=16.0))
     return out.loss.detach(), grad_x, grad_w, active, out.num_active
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
-@pytest.mark.parametrize("k, uniform", [(NUM_CLASSES, 0.0), (3, 1.0)], ids=["retrieved", "drawn"])
+@pytest.mark.parametrize(
+    "k, uniform, search",
+    [(NUM_CLASSES, 0.0, "ivf"), (NUM_CLASSES, 0.0, "exact"), (3, 1.0, "ivf")],
+    ids=["retrieved", "retrieved-exactly", "drawn"],
+)
 def test_ann_scoring_every_class_on_several_ranks_equals_the_dense_reference(
-    world_size, k, uniform
+    world_size, k, uniform, search
 ):
     want_loss, want_gx, want_gw = _dense_reference(margins.CosFace(scale=16.0))
-    per_rank = run_ranks(world_size, _ann_case, k, uniform)
+    per_rank = run_ranks(world_size, _ann_case, k, uniform, search)
     assert all(_rel(r[0], want_loss) <= 1e-5 for r in per_rank)
     assert _rel(torch.cat([r[1] for r in per_rank]) / world_size, want_gx) <= 1e-5
     assert _rel(torch.cat([r[2] for r in per_rank]), want_gw) <= 1e-5

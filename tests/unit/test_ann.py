@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import megaclass
 from megaclass import margins, samplers
@@ -34,8 +35,12 @@ def _recording_head(margin, sampler, w):
 @pytest.mark.parametrize("group_size", [1, 8, 64])
 @pytest.mark.parametrize(
     "everything",
-    [{"k": NUM_CLASSES, "nprobe": 99}, {"k": 3, "nprobe": 1, "uniform": 1.0}],
-    ids=["retrieved", "drawn"],
+    [
+        {"k": NUM_CLASSES, "nprobe": 99},
+        {"k": NUM_CLASSES, "search": "exact"},
+        {"k": 3, "nprobe": 1, "uniform": 1.0},
+    ],
+    ids=["retrieved", "retrieved-exactly", "drawn"],
 )
 def test_ann_scoring_every_class_equals_full(margin, group_size, everything):
     x, y, w = _problem()
@@ -101,6 +106,23 @@ def test_each_group_is_scored_over_its_own_candidates_and_labels(margin, uniform
     assert torch.allclose(grad.to_dense().double(), w64.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_exact_search_scores_each_sample_over_its_own_best_classes():
+    """group_size=1, search="exact": each sample's softmax runs over its k best classes by
+    cosine (brute force) and its label, nothing else; no index is built."""
+    x, y, w = _problem()
+    head = _recording_head(
+        margins.CosFace(16.0, 0.2), samplers.ANN(k=5, group_size=1, search="exact"), w
+    )
+    head(x, y).loss.backward()
+    (selection,) = head.selections
+    best = (F.normalize(x, dim=1) @ F.normalize(w, dim=1).t()).topk(5, dim=1).indices
+    for members, columns in zip(selection.groups.members, selection.groups.columns, strict=True):
+        (sample,) = members.tolist()
+        want = set(best[sample].tolist()) | ({int(y[sample])} if y[sample] >= 0 else set())
+        assert set(selection.rows[columns].tolist()) == want
+    assert head.ann_index is None and not head.class_index_due()
+
+
 def test_the_index_follows_the_optimizer_and_is_rebuilt_on_schedule():
     x, y, w = _problem()
     head = _recording_head(margins.CosFace(16.0, 0.2), samplers.ANN(k=30, refresh_every=3), w)
@@ -129,3 +151,5 @@ def test_ann_settings_are_checked():
         samplers.ANN(rotation="pq")
     with pytest.raises(ValueError, match="uniform"):
         samplers.ANN(uniform=1.5)
+    with pytest.raises(ValueError, match="search"):
+        samplers.ANN(search="hnsw")

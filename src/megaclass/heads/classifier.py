@@ -198,7 +198,7 @@ class ClassifierHead(nn.Module):
         """Whether the next training step (re)builds the class graph (KNN) or index (ANN)."""
         if isinstance(self.sampler, KNN):
             built = self.knn_graph is not None
-        elif isinstance(self.sampler, ANN):
+        elif isinstance(self.sampler, ANN) and self.sampler.search == "ivf":
             built = self.ann_index is not None
         else:
             return False
@@ -257,27 +257,45 @@ class ClassifierHead(nn.Module):
         batch's labels, in groups of samples (see ``ANN``).
 
         positives [B]: each sample's label as a local row, -1 where another shard owns it;
-        queries [B, D]. No collective: every rank searches its own shard's index.
+        queries [B, D]. No collective: every rank searches its own shard.
         """
+        k = self.sampler.local_k(self.num_classes, self.num_local)
+        search = self._exact_search if self.sampler.search == "exact" else self._index_search
+        retrieved, keys = search(queries, k)
+        selection = self.sampler.select(
+            positives, retrieved, keys, self.num_local, self.sampling_generator
+        )
+        if torch.is_grad_enabled() and self.sampler.search == "ivf":
+            self.steps_since_graph += 1
+            self._rows_to_reindex = selection.rows
+        return selection
+
+    def _exact_search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every sample's k best rows of this shard, scored exactly: queries [B, D] -> (rows
+        [B, k], grouping keys [B]: each sample's best row)."""
+        rows = shard_topk(
+            queries.detach(),
+            self.weight.detach(),
+            k,
+            normalize=self.margin.normalize,
+            chunk_size=self.chunk_size,
+            matmul_dtype=self.matmul_dtype,
+        )[1]
+        return rows, rows[:, 0]
+
+    def _index_search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every sample's k rows of this shard found by the ``BinaryIVF`` index (kept fresh and
+        rebuilt on schedule): queries [B, D] -> (rows [B, k], -1 padded; grouping keys [B]:
+        each sample's nearest coarse list)."""
         if self.class_index_due():
             self.rebuild_class_index()
         elif self._rows_to_reindex is not None:
             self.ann_index.update(self._rows_to_reindex)  # the optimizer has moved them since
         probes = self.ann_index.assign(queries, self.sampler.nprobe)  # [B, nprobe]
-        retrieved = self.ann_index.search(
-            queries,
-            self.sampler.local_k(self.num_classes, self.num_local),
-            self.sampler.nprobe,
-            self.sampler.rerank,
-            probes=probes,
-        )[1]  # [B, k_local]
-        selection = self.sampler.select(
-            positives, retrieved, probes[:, 0], self.num_local, self.sampling_generator
-        )
-        if torch.is_grad_enabled():
-            self.steps_since_graph += 1
-            self._rows_to_reindex = selection.rows
-        return selection
+        rows = self.ann_index.search(
+            queries, k, self.sampler.nprobe, self.sampler.rerank, probes=probes
+        )[1]
+        return rows, probes[:, 0]
 
     def lookup(self, class_ids: torch.Tensor) -> torch.Tensor:
         """The weights of ``class_ids`` (global ids, any shape, rows of any shard) -> [*shape, D],

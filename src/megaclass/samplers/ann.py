@@ -11,6 +11,8 @@ from megaclass.index.binary_ivf import BACKENDS, ROTATIONS
 from megaclass.samplers.selection import SampleGroups, Selection
 from megaclass.samplers.uniform import fill_offsets, fill_uniform
 
+SEARCHES = ("ivf", "exact")
+
 
 @dataclass(frozen=True)
 class ANN:
@@ -38,6 +40,11 @@ class ANN:
         in between, the rows each step updated are re-encoded before the next step.
     backend: the index's Hamming scan, ``"auto"``, ``"torch"`` or ``"faiss"`` (see
         ``BinaryIVF``); the results differ only in the order of rows at equal distance.
+    search: ``"ivf"``, the index above, or ``"exact"``: every class of the shard scored against
+        every sample, chunk by chunk (one more [B, C_local] matrix product per step, no index,
+        no grouping lists: samples are grouped by their best class). Exact retrieval finds
+        each sample's dominant rows, which a 128-bit code ranks poorly among near-equal
+        candidates; its cost grows with the shard, so it suits shards up to about 10^6 classes.
     uniform: share of each shard drawn uniformly once per step and scored by every group beside
         its candidates. Retrieval alone gives each sample only its hardest negatives, so the
         softmax never sees the rest of the catalogue; the draw stands for it: for a group with
@@ -57,6 +64,7 @@ class ANN:
     refresh_every: int = 1000
     backend: str = "auto"
     uniform: float = 0.0
+    search: str = "ivf"
 
     def __post_init__(self) -> None:
         for name in ("k", "group_size", "nprobe", "refresh_every"):
@@ -74,6 +82,8 @@ class ANN:
             raise ValueError(f"ANN backend must be one of {BACKENDS}, got {self.backend!r}")
         if not 0 <= self.uniform <= 1:
             raise ValueError(f"ANN uniform must be in [0, 1], got {self.uniform}")
+        if self.search not in SEARCHES:
+            raise ValueError(f"ANN search must be one of {SEARCHES}, got {self.search!r}")
 
     def local_k(self, num_classes: int, num_local: int) -> int:
         """Classes each sample retrieves from a shard of ``num_local`` classes."""
@@ -91,7 +101,7 @@ class ANN:
 
         positives [B]: local row of each sample's label, -1 where another shard owns it;
         retrieved [B, k]: local rows retrieved for each sample (-1 padded);
-        lists [B]: each sample's nearest coarse list (the grouping key);
+        lists [B]: the grouping key: each sample's nearest coarse list (or best class);
         num_local: rows in this shard; generator: draws the uniform share.
         """
         order = torch.argsort(lists, stable=True)

@@ -105,6 +105,7 @@ class HeadConfig:
     ann_rerank: int = 0  # ann: candidates re-ranked by exact cosine (0: none)
     ann_backend: str = "auto"  # ann: Hamming scan, "torch", "faiss" or "auto" (faiss on CPU)
     ann_uniform: float = 0.0  # ann: share of the classes drawn uniformly per step for every group
+    ann_search: str = "ivf"  # ann: "ivf" (the binary index) or "exact" (every class scored)
     chunk_size: int = 8192
     matmul_dtype: str = "bf16"
 
@@ -132,6 +133,7 @@ class HeadConfig:
         _choice("head.ann_rotation", self.ann_rotation, ("random", "itq"))
         _at_least("head.ann_rerank", self.ann_rerank, 0)
         _choice("head.ann_backend", self.ann_backend, ("auto", "torch", "faiss"))
+        _choice("head.ann_search", self.ann_search, ("ivf", "exact"))
         if not 0 <= self.ann_uniform <= 1:
             raise ValueError(f"head.ann_uniform must be in [0, 1], got {self.ann_uniform}")
         _choice("head.matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)

@@ -450,6 +450,7 @@ def build_sampler(config: RunConfig) -> samplers.Sampler:
             refresh_every=head.refresh_every,
             backend=head.ann_backend,
             uniform=head.ann_uniform,
+            search=head.ann_search,
         )
     return samplers.Full()
 
