@@ -126,7 +126,9 @@ def test_sparse_sgd_row_norm_keeps_the_rows_it_writes_at_that_norm():
     twin_opt = torch.optim.SGD([twin], lr=0.1, momentum=0.9)
     for _ in range(4):
         values = torch.randn(3, 4, generator=g)
-        sparse_param.grad = torch.sparse_coo_tensor(rows[None], values, (30, 4))
+        sparse_param.grad = torch.sparse_coo_tensor(
+            rows[None], values, (30, 4), check_invariants=True
+        )
         twin.grad = values.clone()
         sparse_opt.step()
         twin_opt.step()
