@@ -17,8 +17,9 @@ SEARCHES = ("ivf", "exact")
 @dataclass(frozen=True)
 class ANN:
     """Each sample retrieves the classes whose weights score highest against its embedding (its
-    hardest negatives) from a ``megaclass.index.BinaryIVF`` of the class weights; samples are
-    grouped and each group is scored over the union of its members' retrieved classes and labels.
+    hardest negatives) from a ``megaclass.index.BinaryIVF`` of the class weights (or, with
+    ``search="exact"``, by scoring them all); samples are grouped and each group is scored over
+    the union of its members' retrieved classes and labels.
 
     Exactly which classes a sample's softmax runs over: on every rank, the classes of that rank's
     shard retrieved for any sample of its group, plus the labels of its group that the shard
@@ -93,7 +94,7 @@ class ANN:
         self,
         positives: torch.Tensor,
         retrieved: torch.Tensor,
-        lists: torch.Tensor,
+        keys: torch.Tensor,
         num_local: int,
         generator: torch.Generator,
     ) -> Selection:
@@ -101,10 +102,10 @@ class ANN:
 
         positives [B]: local row of each sample's label, -1 where another shard owns it;
         retrieved [B, k]: local rows retrieved for each sample (-1 padded);
-        lists [B]: the grouping key: each sample's nearest coarse list (or best class);
+        keys [B]: the grouping key: each sample's nearest coarse list (or best class);
         num_local: rows in this shard; generator: draws the uniform share.
         """
-        order = torch.argsort(lists, stable=True)
+        order = torch.argsort(keys, stable=True)
         members = order.split(self.group_size)
         candidates = torch.cat([retrieved, positives[:, None]], dim=1)  # [B, k + 1]
         chosen = [_distinct_rows(candidates[group]) for group in members]
