@@ -87,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     heads.add_argument("--ann-bits", type=int, default=128, help="ann: code length")
     heads.add_argument("--rerank", type=int, default=0, help="ann: candidates re-ranked exactly")
     heads.add_argument(
+        "--ann-search", default="ivf", choices=["ivf", "exact"], help="ann: index or every class"
+    )
+    heads.add_argument(
+        "--ann-uniform", type=float, default=0.0, help="ann: share of the classes drawn per step"
+    )
+    heads.add_argument(
         "--optimizer", default="sgd", choices=["sgd", "rowadagrad"], help="random, knn, ann"
     )
     heads.add_argument("--threads", type=int, default=None, help="torch threads per head")
@@ -153,6 +159,8 @@ def _bench_heads(args: argparse.Namespace) -> int:
         ann_nprobe=args.ann_nprobe,
         ann_bits=args.ann_bits,
         rerank=args.rerank,
+        ann_search=args.ann_search,
+        ann_uniform=args.ann_uniform,
         optimizer=args.optimizer,
         threads=args.threads,
         device=args.device,

@@ -68,6 +68,8 @@ class HeadBenchConfig:
     ann_nprobe: int = 8  # ann: lists searched per sample
     ann_bits: int = 128  # ann: code length
     rerank: int = 0  # ann: candidates re-ranked exactly
+    ann_search: str = "ivf"  # ann: "ivf" (the index) or "exact" (every class scored)
+    ann_uniform: float = 0.0  # ann: share of the classes drawn per step for every group
     optimizer: str = "sgd"  # random, knn, ann
     threads: int | None = None
     device: str = "cpu"
@@ -220,6 +222,8 @@ def _head_step(config: HeadBenchConfig, head_name: str, device: torch.device, ex
             num_bits=config.ann_bits,
             rerank=config.rerank,
             refresh_every=config.refresh_every,
+            search=config.ann_search,
+            uniform=config.ann_uniform,
         ),
     }[head_name]()
     head = ClassifierHead(
@@ -243,11 +247,13 @@ def _head_step(config: HeadBenchConfig, head_name: str, device: torch.device, ex
         extra["graph_build_s"] = seconds
         extra["graph_build"] = "ivf" if sampler.uses_ivf(config.num_classes) else "exact"
         extra["graph_ms_per_step_amortised"] = seconds * 1e3 / config.refresh_every
-    if head_name == "ann":
+    if head_name == "ann" and config.ann_search == "ivf":
         seconds = _timed(head.rebuild_class_index, device)
         extra["index_build_s"] = seconds
         extra["ann_backend"] = head.ann_index.backend
         extra["index_ms_per_step_amortised"] = seconds * 1e3 / config.refresh_every
+    if head_name == "ann":
+        extra["ann_search"] = config.ann_search
         extra["retrieval_s"] = []
         retrieve = head._ann_rows
 

@@ -206,7 +206,9 @@ class ClassifierHead(nn.Module):
 
     def rebuild_class_index(self) -> None:
         """Rebuild the class KNN graph (collective: every rank) or this shard's ANN index from
-        the current weights."""
+        the current weights (nothing for an exact-search ANN, which has no index)."""
+        if isinstance(self.sampler, ANN) and self.sampler.search == "exact":
+            return
         if isinstance(self.sampler, ANN):
             self.ann_index = BinaryIVF(
                 self.sampler.num_bits,
