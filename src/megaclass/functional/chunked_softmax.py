@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from megaclass.functional import workspace
 from megaclass.functional.margins import Margin
-from megaclass.functional.topk import row_topk
+from megaclass.functional.topk import merge_row_topk
 
 _NORM_EPS = 1e-12  # as F.normalize
 _LOG2E = 1.4426950408889634  # base-2 logit = natural logit * log2(e)
@@ -292,9 +292,5 @@ def shard_topk(
     for start, stop in _chunks(num_classes, step):
         scores = buffer[:, : stop - start]
         _chunk_logits(queries_mm, weight[start:stop], normalize, out=scores)
-        chunk_scores, chunk_rows = row_topk(scores, min(k, stop - start))
-        merged = torch.cat([best_scores, chunk_scores], dim=1)
-        merged_rows = torch.cat([best_rows, chunk_rows + start], dim=1)
-        best_scores, order = merged.topk(min(k, merged.shape[1]), dim=1)
-        best_rows = merged_rows.gather(1, order)
+        best_scores, best_rows = merge_row_topk(best_scores, best_rows, scores, start, k)
     return best_scores, best_rows
