@@ -14,8 +14,9 @@ columns of equal score than ``torch.topk`` would.
 Streaming a top-k over chunks of columns (``merge_row_topk``), a chunk can only contribute
 columns that beat the row's running k-th best score, so only the groups whose maximum does are
 gathered: after the first chunks that is a handful per row, and a chunk costs little more than
-its row maxima. Measured on the 10^6 classes of a shard, k = 96, [1024, 4096] chunks, 2
-threads: 6.6 s with a ``row_topk`` of every chunk.
+its row maxima. ``shard_topk`` over 10^6 classes, 1,024 queries, k = 96, [1024, 4096] chunks,
+bf16 products, 2 threads: 6.6 s with a ``row_topk`` of every chunk, 2.3 s merged this way
+(about 0.9 s of it the products).
 """
 
 from __future__ import annotations

@@ -45,7 +45,10 @@ class ANN:
         every sample, chunk by chunk (one more [B, C_local] matrix product per step, no index,
         no grouping lists: samples are grouped by their best class). Exact retrieval finds
         each sample's dominant rows, which a 128-bit code ranks poorly among near-equal
-        candidates; its cost grows with the shard, so it suits shards up to about 10^6 classes.
+        candidates; its cost grows with the shard: cheap at 10^5 classes, but at 10^6 (1,024
+        samples, 2 CPU threads, bf16) its retrieval alone takes 2.3 s, a third of the full
+        softmax's step, where the index with ``nprobe=32, rerank=1000`` takes the whole step
+        to 0.13x of full's at about the same accuracy.
     uniform: share of each shard drawn uniformly once per step and scored by every group beside
         its candidates. Retrieval alone gives each sample only its hardest negatives, so the
         softmax never sees the rest of the catalogue; the draw stands for it: for a group with
