@@ -196,10 +196,27 @@ def test_random_sampling_on_three_ranks_keeps_every_label_active():
     assert all(r[4] == len(active) for r in per_rank)
 
 
-def _knn_case(group, budget, build="exact"):
-    sampler = megaclass.samplers.KNN(k=5, budget=budget, build=build, nprobe=1000)
+def _knn_case(group, budget, build="exact", frequent_share=0.0):
+    sampler = megaclass.samplers.KNN(
+        k=5, budget=budget, build=build, nprobe=1000, frequent_share=frequent_share
+    )
     out, grad_x, grad_w, active, head = _sampled_step(group, sampler, margins.CosFace(scale=16.0))
-    return out.loss.detach(), grad_x, grad_w, active, head.knn_graph
+    counts = frequent_ids = None
+    if head.frequent_classes is not None:
+        counts = head.frequent_classes.counts
+        frequent_ids = head.frequent_classes.rows + head.class_range[0]
+    return out.loss.detach(), grad_x, grad_w, active, head.knn_graph, counts, frequent_ids
+
+
+def test_knn_on_three_ranks_counts_every_label_on_its_own_shard():
+    _, y, _ = _global_problem()
+    per_rank = run_ranks(3, _knn_case, 0.1, "exact", 0.5)
+    counts = torch.cat([r[5] for r in per_rank])
+    assert torch.equal(counts, torch.bincount(y[y >= 0], minlength=NUM_CLASSES))
+    frequent = torch.cat([r[6] for r in per_rank])
+    assert set(frequent.tolist()) == set(y[y >= 0].tolist())  # fewer labels than the share
+    active = set(torch.cat([r[3] for r in per_rank]).tolist())
+    assert set(frequent.tolist()) <= active
 
 
 def test_knn_on_three_ranks_builds_the_exact_graph_and_equals_full_at_full_budget():

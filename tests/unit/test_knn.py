@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import megaclass
 from megaclass import margins, samplers
 from megaclass.index import build_ivf_knn_graph, build_knn_graph, spherical_kmeans
+from megaclass.samplers.frequent import FrequentClasses
 
 NUM_CLASSES, DIM = 1007, 16
 
@@ -123,6 +124,52 @@ def test_a_share_of_the_budget_is_drawn_uniformly_with_corrected_logits(correcti
     assert not selection.logit_offsets[~drawn].any()
 
 
+def test_frequent_classes_come_after_the_labels_and_before_the_neighbours():
+    knn = samplers.KNN(k=3, budget=9, random_share=0.0, frequent_share=0.5)
+    positives = torch.tensor([5, 9, 400, 5])
+    neighbours = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 10]])  # global ids, nearest first
+    frequent = torch.tensor([9, 30, 31, 32])  # a label among them counts once
+    selection = knn.select(positives, neighbours, 0, NUM_CLASSES, 9, torch.Generator(), frequent)
+    assert selection.rows.tolist() == [1, 4, 5, 7, 9, 30, 31, 32, 400]
+
+
+def test_frequent_classes_are_the_most_counted_training_labels():
+    frequent = FrequentClasses(10)
+    frequent.count(torch.tensor([3, 3, 3, 7, 7, 1]))
+    frequent.refresh(5)  # only classes seen at least once
+    assert frequent.rows.tolist() == [1, 3, 7]
+    frequent.count(torch.tensor([1, 1, 1, 1]))
+    frequent.refresh(2)
+    assert frequent.rows.tolist() == [1, 3]
+    restored = FrequentClasses(10)
+    restored.load_state(frequent.state())
+    assert torch.equal(restored.counts, frequent.counts)
+    assert torch.equal(restored.rows, frequent.rows)
+
+
+def test_head_counts_training_labels_and_scores_the_most_frequent_classes():
+    knn = samplers.KNN(k=2, budget=100, random_share=0.25, frequent_share=0.5, refresh_every=50)
+    head = _head(knn, torch.randn(NUM_CLASSES, DIM))
+    g = torch.Generator().manual_seed(3)
+    common = torch.arange(50, 100)  # every batch: 50 classes far more frequent than the rest
+    labels = []
+    for _ in range(4):
+        y = torch.cat([common, torch.randint(0, NUM_CLASSES, (8,), generator=g)])
+        head(torch.randn(len(y), DIM, generator=g), y).loss.backward()
+        labels.append(y)
+    seen = torch.bincount(torch.cat(labels), minlength=NUM_CLASSES)
+    assert torch.equal(head.frequent_classes.counts, seen)
+    assert set(common.tolist()) <= set(head.frequent_classes.rows.tolist())
+    head.weight.grad = None
+    y = torch.tensor([3, 4])  # frequent classes are scored even when the batch lacks them
+    head(torch.randn(2, DIM, generator=g), y).loss.backward()
+    active = set(head.weight.grad.coalesce().indices()[0].tolist())
+    assert set(common.tolist()) | {3, 4} <= active
+    with torch.no_grad():
+        head(torch.randn(2, DIM, generator=g), y)  # evaluation counts nothing
+    assert int(head.frequent_classes.counts.sum()) == len(torch.cat(labels)) + 2
+
+
 def test_small_budgets_fill_with_random_classes_and_keep_labels():
     head = _head(samplers.KNN(k=2, budget=0.1), torch.randn(NUM_CLASSES, DIM))
     labels = torch.randint(0, NUM_CLASSES, (64,))
@@ -156,6 +203,8 @@ def test_graph_is_rebuilt_every_refresh_steps():
         {"build": "hnsw"},
         {"nprobe": 0},
         {"random_share": 1.5},
+        {"frequent_share": -0.1},
+        {"frequent_share": 0.8, "random_share": 0.25},
     ],
     ids=str,
 )

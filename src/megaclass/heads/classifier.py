@@ -22,6 +22,7 @@ from megaclass.functional.margins import Margin, Softmax
 from megaclass.heads.sharded_cross_entropy import ShardSpec, sharded_cross_entropy
 from megaclass.index import BinaryIVF, build_ivf_knn_graph, build_knn_graph
 from megaclass.samplers import ANN, KNN, Full, Random, Sampler, Selection
+from megaclass.samplers.frequent import FrequentClasses
 
 _KEPT_LOGITS_MAX = 1 << 27  # elements (512 MB in fp32) of sampled logits kept for backward
 _INIT_STD = 0.01
@@ -123,6 +124,11 @@ class ClassifierHead(nn.Module):
         # Class sampling: the same draws for the same (seed, rank) in every run.
         self.sampling_generator = torch.Generator().manual_seed(seed * 1_000_003 + self.rank)
         self.knn_graph: torch.Tensor | None = None  # [num_local, k] int32 global ids (KNN only)
+        self.frequent_classes = (  # KNN with a frequent share only
+            FrequentClasses(self.num_local, device)
+            if isinstance(sampler, KNN) and sampler.frequent_share > 0
+            else None
+        )
         self.ann_index: BinaryIVF | None = None  # this shard's classes (ANN only)
         self._rows_to_reindex: torch.Tensor | None = None  # ANN: rows the last step updated
         self.steps_since_graph = 0  # training steps since the graph or index was built
@@ -239,12 +245,17 @@ class ClassifierHead(nn.Module):
         """
         if self.class_index_due():
             self.rebuild_class_index()
+        budget = self.sampler.local_budget(self.num_classes, self.num_local)
+        frequent = self.frequent_classes
         if torch.is_grad_enabled():
             self.steps_since_graph += 1
+            if frequent is not None:
+                frequent.count(positives)
+                if self.steps_since_graph & (self.steps_since_graph - 1) == 0:  # 1, 2, 4, ...
+                    frequent.refresh(self.sampler.local_frequent(budget))
         mine = self.knn_graph[positives].long()  # [n_own, k]
         sizes = [n for (n,) in all_gather_ints([len(mine)], self.process_group)]
         neighbours = gather_rows(mine, sizes, self.process_group)  # [n_all, k]
-        budget = self.sampler.local_budget(self.num_classes, self.num_local)
         return self.sampler.select(
             positives,
             neighbours,
@@ -252,6 +263,7 @@ class ClassifierHead(nn.Module):
             self.num_local,
             budget,
             self.sampling_generator,
+            None if frequent is None else frequent.rows,
         )
 
     def _ann_rows(self, positives: torch.Tensor, queries: torch.Tensor) -> Selection:

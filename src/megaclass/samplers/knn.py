@@ -12,9 +12,10 @@ from megaclass.samplers.uniform import Selection, first_occurrences, select_with
 
 @dataclass(frozen=True)
 class KNN:
-    """A step scores the batch's labels, then their neighbours in the class KNN graph (nearest
-    first, cut farthest first to leave ``random_share`` of the budget), then uniformly drawn
-    classes, to exactly ``budget`` classes, so that every step costs the same.
+    """A step scores the batch's labels, then (with ``frequent_share``) the shard's most frequent
+    training classes so far, then the labels' neighbours in the class KNN graph (nearest first,
+    cut farthest first to leave ``random_share`` of the budget), then uniformly drawn classes, to
+    exactly ``budget`` classes, so that every step costs the same.
 
     k: neighbours per class in the graph.
     budget: a fraction of all classes (0 < budget <= 1) or an absolute count (> 1), split over
@@ -28,6 +29,12 @@ class KNN:
         would fill it, so that every class keeps being pushed away from the batch now and then.
     logit_correction: the drawn classes' logits get ``log(n / d)``, as in ``Random`` (see
         ``Selection``): the neighbours are scored outright, the drawn classes stand for the rest.
+    frequent_share: share of the budget kept for the classes seen most often as training labels
+        so far (counted on each shard, see ``FrequentClasses``), scored outright. Under
+        long-tailed class frequencies the rows of frequent classes dominate the softmax of a
+        rarely seen class's samples, and a uniform draw pushes them in only one step of
+        ``1 / budget``. At 10^5 classes (300 steps, 10% budget): held-out top-1 0.763 with 0,
+        0.771 with 0.5 (full softmax 0.786).
     """
 
     EXACT_UP_TO: ClassVar[int] = 1 << 17  # exact, 10^5 classes, dim 128, bf16: 29 s on 2 cores
@@ -39,6 +46,7 @@ class KNN:
     nprobe: int = 4
     random_share: float = 0.25
     logit_correction: bool = True
+    frequent_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -55,10 +63,19 @@ class KNN:
             raise ValueError(f"KNN nprobe must be >= 1, got {self.nprobe}")
         if not 0 <= self.random_share <= 1:
             raise ValueError(f"KNN random_share must be in [0, 1], got {self.random_share}")
+        if not 0 <= self.frequent_share <= 1 - self.random_share:
+            raise ValueError(
+                f"KNN frequent_share must be in [0, 1 - random_share], got {self.frequent_share}"
+                f" with random_share {self.random_share}"
+            )
 
     def uses_ivf(self, num_classes: int) -> bool:
         """Whether the graph of ``num_classes`` classes is built approximately."""
         return self.build == "ivf" or (self.build == "auto" and num_classes > self.EXACT_UP_TO)
+
+    def local_frequent(self, budget: int) -> int:
+        """Frequent classes a shard scoring ``budget`` classes per step keeps."""
+        return int(self.frequent_share * budget)
 
     def local_budget(self, num_classes: int, num_local: int) -> int:
         """Classes this shard scores per step."""
@@ -73,17 +90,20 @@ class KNN:
         num_local: int,
         budget: int,
         generator: torch.Generator,
+        frequent: torch.Tensor | None = None,
     ) -> Selection:
         """Active rows of this shard.
 
         positives [n]: local rows of the batch's labels in this shard (may repeat);
         neighbours [m, k]: global ids of the graph neighbours of every label of the batch
-        (all shards), nearest first, -1 for none.
+        (all shards), nearest first, -1 for none;
+        frequent [f]: local rows of the shard's most frequent classes (``frequent_share``).
         """
         positives = positives.unique()
         nearest_first = neighbours.t().reshape(-1) - class_start  # all 1st, then all 2nd, ...
         nearest_first = nearest_first[(nearest_first >= 0) & (nearest_first < num_local)]
-        ranked = first_occurrences(torch.cat([positives, nearest_first]))
+        outright = [positives] if frequent is None else [positives, frequent]
+        ranked = first_occurrences(torch.cat([*outright, nearest_first]))
         wanted = max(budget, len(positives))
         chosen = ranked[: max(wanted - int(self.random_share * budget), len(positives))]
         return select_with_fill(chosen, wanted, num_local, generator, self.logit_correction)

@@ -96,6 +96,7 @@ class HeadConfig:
     graph_build: str = "auto"  # knn: "exact", "ivf" or "auto" (exact up to 2^17 classes)
     nprobe: int = 4  # knn with an IVF graph: lists each class searches
     knn_random_share: float = 0.25  # knn: share of the budget always drawn uniformly
+    knn_frequent_share: float = 0.0  # knn: share of the budget for the most frequent labels
     logit_correction: bool = True  # random, knn: drawn classes' logits + log(1 / draw rate)
     ann_k: int = 64  # ann: classes retrieved per sample (all shards)
     ann_group_size: int = 64  # ann: samples scored together over their candidates
@@ -123,6 +124,11 @@ class HeadConfig:
         if not 0 <= self.knn_random_share <= 1:
             raise ValueError(
                 f"head.knn_random_share must be in [0, 1], got {self.knn_random_share}"
+            )
+        if not 0 <= self.knn_frequent_share <= 1 - self.knn_random_share:
+            raise ValueError(
+                "head.knn_frequent_share must be in [0, 1 - head.knn_random_share], got "
+                f"{self.knn_frequent_share} with knn_random_share {self.knn_random_share}"
             )
         for name in ("ann_k", "ann_group_size", "ann_nprobe"):
             _at_least(f"head.{name}", getattr(self, name), 1)

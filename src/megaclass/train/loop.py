@@ -438,6 +438,7 @@ def build_sampler(config: RunConfig) -> samplers.Sampler:
             head.nprobe,
             random_share=head.knn_random_share,
             logit_correction=head.logit_correction,
+            frequent_share=head.knn_frequent_share,
         )
     if head.sampler == "ann":
         return samplers.ANN(
@@ -480,7 +481,8 @@ def build_head_optimizer(config: RunConfig, head: ClassifierHead) -> torch.optim
 
 
 def _head_shard(head: ClassifierHead, optimizer: torch.optim.Optimizer) -> HeadShard:
-    """This rank's per-class state for a checkpoint: optimizer rows, KNN graph, generator."""
+    """This rank's per-class state for a checkpoint: optimizer rows, KNN graph and label
+    counts, generator."""
     state = optimizer.state.get(head.weight, {})
     rows = {
         f"optim.{name}": value
@@ -489,6 +491,8 @@ def _head_shard(head: ClassifierHead, optimizer: torch.optim.Optimizer) -> HeadS
     }
     if head.knn_graph is not None:
         rows["knn_graph"] = head.knn_graph
+    if head.frequent_classes is not None:
+        rows.update(head.frequent_classes.state())
     return HeadShard(rows, head.sampling_generator.get_state())
 
 
@@ -506,6 +510,8 @@ def _restore_head(head, optimizer, state: TrainingState, shard: HeadShard) -> No
             optimizer.state[head.weight][name.removeprefix("optim.")] = rows
         elif name == "knn_graph":
             head.knn_graph = rows
+    if head.frequent_classes is not None and "knn_label_counts" in shard.rows:
+        head.frequent_classes.load_state(shard.rows)
     head.steps_since_graph = state.head["steps_since_graph"]
     if shard.generator is not None:
         head.sampling_generator.set_state(shard.generator)
