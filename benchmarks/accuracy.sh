@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Reproduces benchmarks/results/accuracy.md and accuracy.png: held-out top-1 of full, knn, ann and
 # random (10% budget) with the default run's backbone and steps, at 100,000 and 1,000,000
-# classes of the synthetic catalogue, evaluated every 50 steps. ann at 10^5 classes scores every
-# class to retrieve each sample's 28 best (exact search) and draws 5% of the classes per step (at
-# most 6.9% of the classes per sample); at 10^6 its binary IVF index retrieves 96 per sample
-# (32 lists probed, the 1,000 best by Hamming distance re-ranked by exact cosine; at most 6,208
-# classes per group of 64 samples, 0.6%). Usage: accuracy.sh [CLASSES...] (default: 100000
-# 1000000). Full at 10^6 classes takes about 35 minutes on 2 CPU cores.
+# classes of the synthetic catalogue, evaluated every 50 steps; knn-frequent is knn with half
+# its budget kept for the most frequent training labels so far (head.knn_frequent_share). ann
+# at 10^5 classes scores every class to retrieve each sample's 28 best (exact search) and draws
+# 5% of the classes per step (at most 6.9% of the classes per sample); at 10^6 its binary IVF
+# index retrieves 96 per sample (32 lists probed, the 1,000 best by Hamming distance re-ranked
+# by exact cosine; at most 6,208 classes per group of 64 samples, 0.6%). Usage: accuracy.sh
+# [CLASSES...] (default: 100000 1000000). Full at 10^6 classes takes about 35 minutes on 2 CPU
+# cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=runs/accuracy
@@ -17,12 +19,15 @@ for classes in "$@"; do
   else
     ann=(--set head.ann_k=28 --set head.ann_search='"exact"' --set head.ann_uniform=0.05)
   fi
-  for sampler in knn ann random full; do
+  for sampler in knn knn-frequent ann random full; do
     dir="$runs/$classes-$sampler"
     [ -f "$dir/summary.json" ] && continue
     rm -rf "$dir"
+    frequent=0.0
+    [ "$sampler" = knn-frequent ] && sampler=knn frequent=0.5
     megaclass train --run-dir "$dir" --set data.num_classes="$classes" \
-      --set head.sampler="'$sampler'" --set head.budget=0.1 --set head.refresh_every=100 \
+      --set head.sampler="'$sampler'" --set head.knn_frequent_share="$frequent" \
+      --set head.budget=0.1 --set head.refresh_every=100 \
       --set head.nprobe=4 "${ann[@]}" --set train.eval_every=50 --set data.eval_samples=5000
   done
 done

@@ -1,4 +1,5 @@
-"""Table and plot of benchmarks/accuracy.sh: held-out top-1 of full, knn, ann and random by step."""
+"""Table and plot of benchmarks/accuracy.sh: held-out top-1 of full, knn (without and with a
+frequent share), ann and random by step."""
 
 import json
 import os
@@ -7,14 +8,20 @@ from pathlib import Path
 
 import tomllib
 
-SAMPLERS = ("full", "knn", "ann", "random")
-COLORS = {"full": "tab:blue", "knn": "tab:orange", "ann": "tab:red", "random": "tab:green"}
+SAMPLERS = ("full", "knn", "knn-frequent", "ann", "random")
+COLORS = {
+    "full": "tab:blue",
+    "knn": "tab:orange",
+    "knn-frequent": "tab:purple",
+    "ann": "tab:red",
+    "random": "tab:green",
+}
 
 
 def _runs(folder: Path) -> dict[tuple[int, str], Path]:
     found = {}
     for run in sorted(folder.glob("*-*")):
-        classes, sampler = run.name.rsplit("-", 1)
+        classes, sampler = run.name.split("-", 1)  # "100000-knn-frequent"
         if (run / "summary.json").exists():
             found[(int(classes), sampler)] = run
     return found
@@ -87,7 +94,9 @@ def main(folder: Path, results: Path) -> None:
         "`data.num_classes` and `head.sampler` set, budget 10%, graph refresh every 100 steps "
         "(IVF nprobe 4 at 10^6 classes), evaluated every 50 steps on 5,000 held-out samples; "
         "head: SparseSGD, rows kept at norm 0.3; random and knn with the logit correction, knn "
-        "keeping 25% of its budget for drawn classes (the defaults); ann, groups of 64 samples: "
+        "keeping 25% of its budget for drawn classes (the defaults); knn-frequent: knn keeping "
+        "another 50% for the most frequent training labels so far (`head.knn_frequent_share = "
+        "0.5`); ann, groups of 64 samples: "
         "at 10^5 classes exact search (every class scored) for each sample's 28 best, and 5% of "
         "the classes drawn per step for every group (logit-corrected); at 10^6 the binary IVF "
         "index (128-bit codes, 32 of its 1,000 lists probed, the 1,000 best by Hamming distance "
