@@ -8,6 +8,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import megaclass
 from megaclass import margins
+from megaclass.distributed import shard_range
 from tests.distributed.harness import run_ranks
 from tests.reference import ALL_MARGINS, reference_loss
 
@@ -196,9 +197,15 @@ def test_random_sampling_on_three_ranks_keeps_every_label_active():
     assert all(r[4] == len(active) for r in per_rank)
 
 
-def _knn_case(group, budget, build="exact", frequent_share=0.0):
+def _knn_case(group, budget, build="exact", frequent_share=0.0, k=5, walk_k=0):
     sampler = megaclass.samplers.KNN(
-        k=5, budget=budget, build=build, nprobe=1000, frequent_share=frequent_share
+        k=k,
+        budget=budget,
+        build=build,
+        nprobe=1000,
+        random_share=0.25 if walk_k == 0 else 0.0,
+        frequent_share=frequent_share,
+        walk_k=walk_k,
     )
     out, grad_x, grad_w, active, head = _sampled_step(group, sampler, margins.CosFace(scale=16.0))
     counts = frequent_ids = None
@@ -231,6 +238,16 @@ def test_knn_on_three_ranks_builds_the_exact_graph_and_equals_full_at_full_budge
     assert _rel(torch.cat([r[2] for r in per_rank]), want_gw) <= 1e-5
     sampled = run_ranks(3, _knn_case, 0.05)
     assert set(y[y >= 0].tolist()) <= set(torch.cat([r[3] for r in sampled]).tolist())
+
+
+def test_knn_walks_on_three_ranks_find_every_samples_best_classes_of_each_shard():
+    x, _, w = _global_problem()
+    per_rank = run_ranks(3, _knn_case, 0.5, "exact", 0.1, NUM_CLASSES - 1, 3)  # complete graph
+    active = set(torch.cat([r[3] for r in per_rank]).tolist())
+    cosines = torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(w, dim=1).t()
+    for start, stop in (shard_range(NUM_CLASSES, 3, rank) for rank in range(3)):
+        best = cosines[:, start:stop].topk(3, dim=1).indices + start
+        assert set(best.reshape(-1).tolist()) <= active
 
 
 def test_ivf_graph_on_three_ranks_probing_every_list_is_the_exact_graph():

@@ -45,7 +45,12 @@ def test_tiny_default_run_end_to_end(tmp_path):
         ["head.sampler='random'", "head.budget=0.2"],
         ["head.sampler='knn'", "head.budget=0.2", "head.refresh_every=3", "head.knn_k=4"],
         ["head.sampler='knn'", "head.graph_build='ivf'", "optim.head_optimizer='rowadagrad'"],
-        ["head.sampler='knn'", "head.budget=0.2", "head.knn_frequent_share=0.5"],
+        [
+            "head.sampler='knn'",
+            "head.budget=0.2",
+            "head.knn_frequent_share=0.5",
+            "head.knn_walk_k=4",
+        ],
     ],
     ids=["full-sgd", "random", "knn-exact", "knn-ivf-rowadagrad", "knn-frequent"],
 )

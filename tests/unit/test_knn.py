@@ -10,6 +10,7 @@ import megaclass
 from megaclass import margins, samplers
 from megaclass.index import build_ivf_knn_graph, build_knn_graph, spherical_kmeans
 from megaclass.samplers.frequent import FrequentClasses
+from megaclass.samplers.walk import walk_graph
 
 NUM_CLASSES, DIM = 1007, 16
 
@@ -133,6 +134,49 @@ def test_frequent_classes_come_after_the_labels_and_before_the_neighbours():
     assert selection.rows.tolist() == [1, 4, 5, 7, 9, 30, 31, 32, 400]
 
 
+def test_walked_classes_come_after_the_frequent_ones_best_first_over_samples():
+    knn = samplers.KNN(k=3, random_share=0.0, frequent_share=0.2, walk_k=2)
+    positives, frequent = torch.tensor([5]), torch.tensor([30])
+    neighbours = torch.tensor([[1, 2, 3]])
+    walked = torch.tensor([[40, 41], [50, -1], [40, 60]])  # 3 samples, best first
+    ranked = [5, 30, 40, 50, 41, 60, 1, 2, 3]  # labels, frequent, walked (1sts, 2nds), graph
+    for budget in (4, 8):
+        rows = knn.select(
+            positives, neighbours, 0, NUM_CLASSES, budget, torch.Generator(), frequent, walked
+        ).rows
+        assert rows.tolist() == sorted(ranked[:budget])
+
+
+def test_walk_of_a_complete_graph_finds_every_samples_best_classes():
+    g = torch.Generator().manual_seed(4)
+    weight, queries = torch.randn(60, DIM, generator=g), torch.randn(7, DIM, generator=g)
+    graph = brute_force_graph(weight, 59)  # every class neighbours every other
+    labels = torch.tensor([3, -1, 8, 8, -1, 0, 59])
+    walked = walk_graph(queries, labels, torch.tensor([10, 20]), weight, graph, 0, 5, torch.float32)
+    cosines = F.normalize(queries, dim=1) @ F.normalize(weight, dim=1).t()
+    assert torch.equal(walked, cosines.topk(5, dim=1).indices)
+
+
+def test_walk_of_a_shard_stays_on_it_and_keeps_distinct_classes():
+    g = torch.Generator().manual_seed(5)
+    weight, queries = torch.randn(200, DIM, generator=g), torch.randn(9, DIM, generator=g)
+    graph = brute_force_graph(weight, 8)  # global ids; the shard holds classes [100, 200)
+    walked = walk_graph(
+        queries,
+        torch.full((9,), -1),
+        torch.tensor([0, 7, 50]),
+        weight[100:],
+        graph[100:],
+        100,
+        12,
+        torch.float32,
+    )
+    assert walked.shape == (9, 12)
+    for row in walked:
+        found = row[row >= 0]
+        assert found.max() < 100 and len(found.unique()) == len(found) >= 4
+
+
 def test_frequent_classes_are_the_most_counted_training_labels():
     frequent = FrequentClasses(10)
     frequent.count(torch.tensor([3, 3, 3, 7, 7, 1]))
@@ -170,6 +214,20 @@ def test_head_counts_training_labels_and_scores_the_most_frequent_classes():
     assert int(head.frequent_classes.counts.sum()) == len(torch.cat(labels)) + 2
 
 
+def test_head_scores_every_samples_best_classes_found_by_a_walk():
+    g = torch.Generator().manual_seed(6)
+    weight = torch.randn(NUM_CLASSES, DIM, generator=g)
+    knn = samplers.KNN(
+        k=NUM_CLASSES - 1, budget=300, random_share=0.0, frequent_share=0.1, walk_k=4
+    )
+    head = _head(knn, weight)  # a complete graph: the walks find the exact best classes
+    x, y = torch.randn(16, DIM, generator=g), torch.randint(0, NUM_CLASSES, (16,), generator=g)
+    head(x, y).loss.backward()
+    active = set(head.weight.grad.coalesce().indices()[0].tolist())
+    cosines = F.normalize(x, dim=1) @ F.normalize(weight, dim=1).t()
+    assert set(cosines.topk(4, dim=1).indices.reshape(-1).tolist()) <= active
+
+
 def test_small_budgets_fill_with_random_classes_and_keep_labels():
     head = _head(samplers.KNN(k=2, budget=0.1), torch.randn(NUM_CLASSES, DIM))
     labels = torch.randint(0, NUM_CLASSES, (64,))
@@ -205,6 +263,8 @@ def test_graph_is_rebuilt_every_refresh_steps():
         {"random_share": 1.5},
         {"frequent_share": -0.1},
         {"frequent_share": 0.8, "random_share": 0.25},
+        {"walk_k": 4},
+        {"walk_k": -1, "frequent_share": 0.5},
     ],
     ids=str,
 )

@@ -23,9 +23,11 @@ from megaclass.heads.sharded_cross_entropy import ShardSpec, sharded_cross_entro
 from megaclass.index import BinaryIVF, build_ivf_knn_graph, build_knn_graph
 from megaclass.samplers import ANN, KNN, Full, Random, Sampler, Selection
 from megaclass.samplers.frequent import FrequentClasses
+from megaclass.samplers.walk import walk_graph
 
 _KEPT_LOGITS_MAX = 1 << 27  # elements (512 MB in fp32) of sampled logits kept for backward
 _INIT_STD = 0.01
+_WALK_ENTRY_POOL = 4096  # most frequent classes a KNN graph walk may start from (all scored)
 _INIT_BLOCK = 1 << 16  # rows drawn per seeded block, so a shard's init is independent of world size
 
 
@@ -190,7 +192,7 @@ class ClassifierHead(nn.Module):
         owned = (all_labels >= start) & (all_labels < stop) & (all_labels != self.ignore_index)
         positives = all_labels[owned] - start
         if isinstance(self.sampler, KNN):
-            active = self._knn_rows(positives)
+            active = self._knn_rows(positives, torch.where(owned, all_labels - start, -1), queries)
         elif isinstance(self.sampler, ANN):
             active = self._ann_rows(torch.where(owned, all_labels - start, -1), queries)
         else:
@@ -237,8 +239,14 @@ class ClassifierHead(nn.Module):
         self.knn_graph = build(self.weight, self.num_classes, self.sampler.k, self.process_group)
         self.steps_since_graph = 0
 
-    def _knn_rows(self, positives: torch.Tensor) -> Selection:
-        """Labels + graph neighbours of every label of the batch, fitted to the budget.
+    def _knn_rows(
+        self, positives: torch.Tensor, sample_labels: torch.Tensor, queries: torch.Tensor
+    ) -> Selection:
+        """Labels (+ frequent classes, + each sample's classes found by a walk of the graph) +
+        graph neighbours of every label of the batch, fitted to the budget.
+
+        positives [n]: local rows of the labels this shard owns; sample_labels [B]: each
+        sample's label as a local row, -1 where another shard owns it; queries [B, D].
 
         Collectives on ``process_group``: an all_gather of one int and one of the neighbour
         lists [labels owned, k] of every rank; graph rebuilds as in ``build_knn_graph``.
@@ -253,6 +261,18 @@ class ClassifierHead(nn.Module):
                 frequent.count(positives)
                 if self.steps_since_graph & (self.steps_since_graph - 1) == 0:  # 1, 2, 4, ...
                     frequent.refresh(self.sampler.local_frequent(budget))
+        walked = None
+        if self.sampler.walk_k > 0 and len(frequent.rows) > 0:
+            walked = walk_graph(
+                queries,
+                sample_labels,
+                frequent.entries(_WALK_ENTRY_POOL),
+                self.weight.detach(),
+                self.knn_graph,
+                self.class_range[0],
+                self.sampler.walk_k,
+                self.matmul_dtype,
+            )
         mine = self.knn_graph[positives].long()  # [n_own, k]
         sizes = [n for (n,) in all_gather_ints([len(mine)], self.process_group)]
         neighbours = gather_rows(mine, sizes, self.process_group)  # [n_all, k]
@@ -264,6 +284,7 @@ class ClassifierHead(nn.Module):
             budget,
             self.sampling_generator,
             None if frequent is None else frequent.rows,
+            walked,
         )
 
     def _ann_rows(self, positives: torch.Tensor, queries: torch.Tensor) -> Selection:

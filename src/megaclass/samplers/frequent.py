@@ -31,6 +31,10 @@ class FrequentClasses:
         top = self.counts.topk(min(size, len(self.counts)))
         self.rows = top.indices[top.values > 0].sort(stable=True).values
 
+    def entries(self, size: int) -> torch.Tensor:
+        """The (at most) ``size`` most counted of ``rows``: [e] local rows."""
+        return self.rows[self.counts[self.rows].topk(min(size, len(self.rows))).indices]
+
     def state(self) -> dict[str, torch.Tensor]:
         """Per-class rows for a checkpoint: the counts, and which classes are in ``rows``."""
         chosen = torch.zeros(len(self.counts), dtype=torch.bool, device=self.counts.device)

@@ -97,6 +97,7 @@ class HeadConfig:
     nprobe: int = 4  # knn with an IVF graph: lists each class searches
     knn_random_share: float = 0.25  # knn: share of the budget always drawn uniformly
     knn_frequent_share: float = 0.0  # knn: share of the budget for the most frequent labels
+    knn_walk_k: int = 0  # knn with a frequent share: classes per sample found by a graph walk
     logit_correction: bool = True  # random, knn: drawn classes' logits + log(1 / draw rate)
     ann_k: int = 64  # ann: classes retrieved per sample (all shards)
     ann_group_size: int = 64  # ann: samples scored together over their candidates
@@ -129,6 +130,12 @@ class HeadConfig:
             raise ValueError(
                 "head.knn_frequent_share must be in [0, 1 - head.knn_random_share], got "
                 f"{self.knn_frequent_share} with knn_random_share {self.knn_random_share}"
+            )
+        _at_least("head.knn_walk_k", self.knn_walk_k, 0)
+        if self.knn_walk_k > 0 and self.knn_frequent_share == 0:
+            raise ValueError(
+                "head.knn_walk_k needs head.knn_frequent_share > 0 (the walks start from the "
+                "most frequent classes)"
             )
         for name in ("ann_k", "ann_group_size", "ann_nprobe"):
             _at_least(f"head.{name}", getattr(self, name), 1)

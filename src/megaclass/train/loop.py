@@ -439,6 +439,7 @@ def build_sampler(config: RunConfig) -> samplers.Sampler:
             random_share=head.knn_random_share,
             logit_correction=head.logit_correction,
             frequent_share=head.knn_frequent_share,
+            walk_k=head.knn_walk_k,
         )
     if head.sampler == "ann":
         return samplers.ANN(
