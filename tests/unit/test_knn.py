@@ -152,7 +152,7 @@ def test_walk_of_a_complete_graph_finds_every_samples_best_classes():
     weight, queries = torch.randn(60, DIM, generator=g), torch.randn(7, DIM, generator=g)
     graph = brute_force_graph(weight, 59)  # every class neighbours every other
     labels = torch.tensor([3, -1, 8, 8, -1, 0, 59])
-    walked = walk_graph(queries, labels, torch.tensor([10, 20]), weight, graph, 0, 5, torch.float32)
+    walked = walk_graph(queries, labels, torch.tensor([10, 20]), weight, graph, 0, 5)
     cosines = F.normalize(queries, dim=1) @ F.normalize(weight, dim=1).t()
     assert torch.equal(walked, cosines.topk(5, dim=1).indices)
 
@@ -169,7 +169,6 @@ def test_walk_of_a_shard_stays_on_it_and_keeps_distinct_classes():
         graph[100:],
         100,
         12,
-        torch.float32,
     )
     assert walked.shape == (9, 12)
     for row in walked:

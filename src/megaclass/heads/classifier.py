@@ -271,7 +271,6 @@ class ClassifierHead(nn.Module):
                 self.knn_graph,
                 self.class_range[0],
                 self.sampler.walk_k,
-                self.matmul_dtype,
             )
         mine = self.knn_graph[positives].long()  # [n_own, k]
         sizes = [n for (n,) in all_gather_ints([len(mine)], self.process_group)]
