@@ -1,5 +1,5 @@
-"""Table and plot of benchmarks/accuracy.sh: held-out top-1 of full, knn (without and with a
-frequent share), ann and random by step."""
+"""Table and plot of benchmarks/accuracy.sh: held-out top-1 of full, knn (as published, with a
+frequent share, and with graph walks too), ann and random by step."""
 
 import json
 import os
@@ -8,11 +8,12 @@ from pathlib import Path
 
 import tomllib
 
-SAMPLERS = ("full", "knn", "knn-frequent", "ann", "random")
+SAMPLERS = ("full", "knn", "knn-frequent", "knn-walk", "ann", "random")
 COLORS = {
     "full": "tab:blue",
     "knn": "tab:orange",
     "knn-frequent": "tab:purple",
+    "knn-walk": "tab:brown",
     "ann": "tab:red",
     "random": "tab:green",
 }
@@ -96,7 +97,8 @@ def main(folder: Path, results: Path) -> None:
         "head: SparseSGD, rows kept at norm 0.3; random and knn with the logit correction, knn "
         "keeping 25% of its budget for drawn classes (the defaults); knn-frequent: knn keeping "
         "another 50% for the most frequent training labels so far (`head.knn_frequent_share = "
-        "0.5`); ann, groups of 64 samples: "
+        "0.5`); knn-walk: knn-frequent plus each sample's 8 best classes found by a walk of the "
+        "class graph (`head.knn_walk_k = 8`); ann, groups of 64 samples: "
         "at 10^5 classes exact search (every class scored) for each sample's 28 best, and 5% of "
         "the classes drawn per step for every group (logit-corrected); at 10^6 the binary IVF "
         "index (128-bit codes, 32 of its 1,000 lists probed, the 1,000 best by Hamming distance "
