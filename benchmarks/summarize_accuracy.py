@@ -104,7 +104,8 @@ def main(folder: Path, results: Path) -> None:
         "index (128-bit codes, 32 of its 1,000 lists probed, the 1,000 best by Hamming distance "
         "re-ranked by exact cosine, rebuilt every 100 steps) for each sample's 96 best. "
         "samples/s and total s include those evaluations, and runs at one thread ran beside "
-        "another run: compare speeds with `megaclass bench heads`, not here. Reproduce: "
+        "another run (knn-frequent and knn-walk beside several): compare speeds with "
+        "`megaclass bench heads`, not here. Reproduce: "
         "`bash benchmarks/accuracy.sh`. Plot: `accuracy.png`.\n\n" + table(runs) + "\n"
     )
     (results / "accuracy.md").write_text(text)
