@@ -13,9 +13,10 @@ from megaclass.samplers.uniform import Selection, first_occurrences, select_with
 @dataclass(frozen=True)
 class KNN:
     """A step scores the batch's labels, then (with ``frequent_share``) the shard's most frequent
-    training classes so far, then the labels' neighbours in the class KNN graph (nearest first,
-    cut farthest first to leave ``random_share`` of the budget), then uniformly drawn classes, to
-    exactly ``budget`` classes, so that every step costs the same.
+    training classes so far, then (with ``walk_k``) each sample's best classes found by a walk of
+    the class graph, then the labels' neighbours in the class KNN graph (nearest first; the
+    ranking is cut from its end to leave ``random_share`` of the budget), then uniformly drawn
+    classes, to exactly ``budget`` classes, so that every step costs the same.
 
     k: neighbours per class in the graph.
     budget: a fraction of all classes (0 < budget <= 1) or an absolute count (> 1), split over
@@ -33,8 +34,8 @@ class KNN:
         so far (counted on each shard, see ``FrequentClasses``), scored outright. Under
         long-tailed class frequencies the rows of frequent classes dominate the softmax of a
         rarely seen class's samples, and a uniform draw over a tenth of the classes holds them
-        in one step of ten. Held-out top-1 with 0 and 0.5 (300 steps, 10% budget): 0.763 and 0.773
-        at 10^5 classes (full softmax 0.786), 0.648 and 0.656 at 10^6 (full 0.656).
+        in one step of ten. Held-out top-1 with 0 and 0.5 (300 steps, 10% budget): 0.763 and
+        0.773 at 10^5 classes (full softmax 0.786), 0.648 and 0.656 at 10^6 (full 0.656).
     walk_k: with ``frequent_share``, also score outright each sample's ``walk_k`` best classes
         found by walking the class graph from its label and its best frequent classes (see
         ``walk_graph``), after the frequent classes and before the labels' neighbours: the
