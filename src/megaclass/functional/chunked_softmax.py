@@ -104,23 +104,35 @@ def shard_logsumexp(
 ) -> ShardLogSumExp:
     """Row maxima and sums of exponentials of this shard's logits, targets substituted.
 
-    offsets [C] fp32 or None: added to every logit of its class (column) but the targets.
+    offsets [C] fp32 or None: added to every logit of its class (column) but the targets. They
+    are applied as factors ``2^offset`` of the columns' exponentials, in the row sums, rather
+    than added to the logits: one pass less over the [B, C] block.
     """
     num_rows, num_classes = queries.shape[0], weight.shape[0]
     row_max = torch.full((num_rows,), float("-inf"), device=queries.device)
     sum_exp = torch.zeros(num_rows, device=queries.device)
     queries_mm = (queries * _LOG2E).to(matmul_dtype)  # base-2 logits
     targets_base2 = targets.logits * _LOG2E
-    offsets_base2 = None if offsets is None else offsets * _LOG2E
+    column_scale = _column_scale(offsets)
     step = _step(num_classes, chunk_size)
     buffer = _logits_buffer(num_rows, min(step, num_classes), queries.device)
     for start, stop in _chunks(num_classes, step):
-        logits = buffer[:, : stop - start]  # [B, c], base 2
-        _chunk_logits(queries_mm, weight[start:stop], normalize, out=logits)
-        _offset_columns(logits, offsets_base2, start, stop)
-        _substitute_targets(logits, targets, start, stop, targets_base2)
-        chunk_max = logits.amax(1)  # [B]
-        chunk_sum = logits.sub_(chunk_max[:, None]).exp2_().sum(1)  # [B]
+        exps = buffer[:, : stop - start]  # [B, c]: base-2 logits, then exp2(logit - chunk_max)
+        _chunk_logits(queries_mm, weight[start:stop], normalize, out=exps)
+        chunk_max = exps.amax(1)  # [B], raised to bound the offset logits and the targets
+        if offsets is not None:
+            chunk_max += offsets[start:stop].max() * _LOG2E
+        rows, cols = _owned_in_chunk(targets, start, stop)
+        chunk_max[rows] = torch.maximum(chunk_max[rows], targets_base2[rows])
+        exps.sub_(chunk_max[:, None]).exp2_()
+        target_exps = (targets_base2[rows] - chunk_max[rows]).exp2()  # [n], no offset
+        if column_scale is None:
+            exps[rows, cols] = target_exps
+            chunk_sum = exps.sum(1)  # [B]
+        else:
+            scale = column_scale[start:stop]
+            exps[rows, cols] = target_exps / scale[cols]
+            chunk_sum = exps @ scale  # [B]
         new_max = torch.maximum(row_max, chunk_max)
         sum_exp = sum_exp * (row_max - new_max).exp2() + chunk_sum * (chunk_max - new_max).exp2()
         row_max = new_max
@@ -146,48 +158,62 @@ def shard_softmax_backward(
     lse [B] is the global log-sum-exp; row_grad [B] the weight of each row's loss (0 for ignored
     rows); offsets as given to ``shard_logsumexp``. Returns (grad_queries [B, D] fp32, this
     shard's contribution; grad_weight [C, D]).
+
+    The gradient of the logits is ``row_scale_i * exps_ij * column_scale_j`` but at the targets;
+    the row and column factors are applied to the [B, D] and [c, D] operands and results of
+    the matrix products rather than to the [B, c] block, and the target columns (d/d raw logit
+    ``(p_t - 1) * row_grad * slope``) are zeroed in the block and added apart, in fp32.
     """
     num_rows, num_classes = queries.shape[0], weight.shape[0]
     grad_queries = torch.zeros(queries.shape, dtype=torch.float32, device=queries.device)
     grad_weight = torch.empty_like(weight)
     # Base-2 logits: queries and lse scaled by log2(e). The row weights are scaled by ln(2), so
-    # that grad^T @ queries_mm is the gradient of the weights as it stands; the gradient of the
-    # queries takes the factor log2(e) at the end.
-    queries_mm = (queries * _LOG2E).to(matmul_dtype)
+    # that block^T @ queries_base2 is the gradient of the weights as it stands; the gradient of
+    # the queries takes the factor log2(e) at the end.
+    queries_base2 = queries.float() * _LOG2E
+    queries_mm = queries_base2.to(matmul_dtype)
     lse_base2, targets_base2 = lse * _LOG2E, targets.logits * _LOG2E
-    offsets_base2 = None if offsets is None else offsets * _LOG2E
     row_grad = row_grad * _LN2
+    column_scale = _column_scale(offsets)
     step = _step(num_classes, chunk_size)
     if shard_lse.kept_exp is None:
         buffer = _logits_buffer(num_rows, min(step, num_classes), queries.device)
+        row_scale = row_grad  # [B]: the recomputed exponentials are exp2(logit - lse)
     else:
         buffer = shard_lse.kept_exp  # overwritten in place: backward is its last use
+        row_scale = (shard_lse.row_max - lse).exp() * row_grad  # kept: exp2(logit - row_max)
+    scaled_queries = (queries_base2 * row_scale[:, None]).to(matmul_dtype)  # [B, D]
     for start, stop in _chunks(num_classes, step):
-        grad_logits = buffer[:, : stop - start]  # [B, c], becomes d loss / d logit, times ln 2
+        exps = buffer[:, : stop - start]  # [B, c]
         if shard_lse.kept_exp is None:
-            w_hat = _chunk_logits(queries_mm, weight[start:stop], normalize, out=grad_logits)
-            _offset_columns(grad_logits, offsets_base2, start, stop)
-            _substitute_targets(grad_logits, targets, start, stop, targets_base2)
-            grad_logits.sub_(lse_base2[:, None]).exp2_().mul_(row_grad[:, None])
+            w_hat = _chunk_logits(queries_mm, weight[start:stop], normalize, out=exps)
+            exps.sub_(lse_base2[:, None]).exp2_()
         else:
             w_hat = _normalized(weight, normalize)
-            row_scale = (shard_lse.row_max - lse).exp() * row_grad  # [B]
-            grad_logits.mul_(row_scale[:, None])
-        # The target column: d/d raw = (p - 1) * g * slope, where the other columns have p * g.
-        owned_grad = _gather_targets(grad_logits, targets, start, stop)
-        _substitute_targets(
-            grad_logits, targets, start, stop, (owned_grad - row_grad) * targets.slope
-        )
-        grad_mm = _in_matmul_dtype(grad_logits, matmul_dtype)
-        grad_queries.add_(grad_mm @ w_hat.to(matmul_dtype))
-        if normalize or grad_mm.dtype != grad_weight.dtype:
-            grad_w_hat = (grad_mm.t() @ queries_mm).float()  # [c, D]
-            grad_weight[start:stop] = (
-                _normalize_backward(grad_w_hat, weight[start:stop]) if normalize else grad_w_hat
-            )
-        else:
-            torch.mm(grad_mm.t(), queries_mm, out=grad_weight[start:stop])
+        rows, cols = _owned_in_chunk(targets, start, stop)
+        exps[rows, cols] = 0  # added apart below
+        exps_mm = _in_matmul_dtype(exps, matmul_dtype)
+        scale = None if column_scale is None else column_scale[start:stop, None]  # [c, 1]
+        w_mm = w_hat.to(matmul_dtype, copy=scale is not None)
+        if scale is not None:
+            w_mm.mul_(scale.to(matmul_dtype))
+        grad_queries.add_((exps_mm @ w_mm).float().mul_(row_scale[:, None]))
+        grad_w_hat = (exps_mm.t() @ scaled_queries).float()  # [c, D]
+        if scale is not None:
+            grad_w_hat.mul_(scale)
+        p_target = (targets_base2[rows] - lse_base2[rows]).exp2()  # [n]
+        target_grad = ((p_target - 1) * row_grad[rows] * targets.slope[rows])[:, None]  # [n, 1]
+        grad_queries.index_add_(0, rows, target_grad * w_hat[cols].float())
+        grad_w_hat.index_add_(0, cols, target_grad * queries_base2[rows])
+        if normalize:
+            grad_w_hat = _normalize_backward(grad_w_hat, weight[start:stop])
+        grad_weight[start:stop] = grad_w_hat
     return grad_queries.mul_(_LOG2E), grad_weight
+
+
+def _column_scale(offsets: torch.Tensor | None) -> torch.Tensor | None:
+    """[C] fp32 ``2^offset`` (in base-2 units: ``e^offset``) of each column, or None."""
+    return None if offsets is None else offsets.float().exp()
 
 
 def _step(num_classes: int, chunk_size: int | None) -> int:
@@ -217,14 +243,6 @@ def _chunk_logits(
     return w_hat
 
 
-def _offset_columns(
-    logits: torch.Tensor, offsets: torch.Tensor | None, start: int, stop: int
-) -> None:
-    """Add ``offsets[start:stop]`` to the columns of a chunk of logits [B, c], in place."""
-    if offsets is not None:
-        logits.add_(offsets[start:stop])
-
-
 def _logits_buffer(num_rows: int, width: int, device: torch.device) -> torch.Tensor:
     """fp32 scratch [num_rows, width] for a chunk of logits (reused across steps)."""
     return workspace.take("logits", (num_rows, width), torch.float32, device)
@@ -240,24 +258,6 @@ def _in_matmul_dtype(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _owned_in_chunk(targets: ShardTargets, start: int, stop: int):
     rows = ((targets.rows >= start) & (targets.rows < stop)).nonzero().squeeze(1)  # [n]
     return rows, targets.rows[rows] - start
-
-
-def _substitute_targets(
-    logits: torch.Tensor, targets: ShardTargets, start: int, stop: int, values: torch.Tensor
-) -> None:
-    """Write ``values[i]`` at the target column of every row whose target is in the chunk."""
-    rows, cols = _owned_in_chunk(targets, start, stop)
-    logits[rows, cols] = values[rows].to(logits.dtype)
-
-
-def _gather_targets(
-    logits: torch.Tensor, targets: ShardTargets, start: int, stop: int
-) -> torch.Tensor:
-    """[B] the value at each row's target column where it is in the chunk, 0 elsewhere."""
-    rows, cols = _owned_in_chunk(targets, start, stop)
-    out = torch.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device)
-    out[rows] = logits[rows, cols]
-    return out
 
 
 def _normalize_backward(grad_w_hat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
