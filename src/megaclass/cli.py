@@ -96,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
         "--optimizer", default="sgd", choices=["sgd", "rowadagrad"], help="random, knn, ann"
     )
     heads.add_argument("--threads", type=int, default=None, help="torch threads per head")
+    heads.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is (default: keep freed memory, megaclass.allocator)",
+    )
     heads.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     heads.add_argument("--json", default=None, metavar="OUT", help="write the records here")
     heads.set_defaults(run=_bench_heads)
@@ -163,6 +168,7 @@ def _bench_heads(args: argparse.Namespace) -> int:
         ann_uniform=args.ann_uniform,
         optimizer=args.optimizer,
         threads=args.threads,
+        keep_freed_memory=not args.system_malloc,
         device=args.device,
     )
     records = bench_heads.run_heads(config, log=lambda line: print(line, flush=True))

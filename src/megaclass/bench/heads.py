@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megaclass.allocator import keep_freed_memory
 from megaclass.bench.machine import machine_info
 from megaclass.functional import margins
 
@@ -72,6 +73,7 @@ class HeadBenchConfig:
     ann_uniform: float = 0.0  # ann: share of the classes drawn per step for every group
     optimizer: str = "sgd"  # random, knn, ann
     threads: int | None = None
+    keep_freed_memory: bool = True  # see megaclass.allocator
     device: str = "cpu"
     seed: int = 0
 
@@ -152,6 +154,7 @@ def _reference_gemm_rate(config: HeadBenchConfig) -> float:
 
 def _measure_head(config: HeadBenchConfig, head: str) -> dict:
     _set_threads(config)
+    kept_freed_memory = config.keep_freed_memory and keep_freed_memory()  # every head alike
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     embeddings = torch.randn(config.batch, config.dim, device=device, requires_grad=True)
@@ -176,6 +179,7 @@ def _measure_head(config: HeadBenchConfig, head: str) -> dict:
         "num_active": extra.pop("num_active", config.num_classes),
         "ms_per_step": statistics.median(times[config.warmup :]) * 1e3,
         **extra,
+        "kept_freed_memory": kept_freed_memory,
         "step_ms_all": [t * 1e3 for t in times],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "config": {k: v for k, v in asdict(config).items() if k != "heads"},

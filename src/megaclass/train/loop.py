@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from megaclass import samplers
+from megaclass.allocator import keep_freed_memory
 from megaclass.data import FeatureFiles, SeqRec, SyntheticCatalog
 from megaclass.data.seqrec import NO_TARGET, ranking_sums
 from megaclass.distributed import shard_range
@@ -141,6 +142,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
     """Train (or continue) a run in ``run_dir``; returns the summary written to summary.json."""
     run_dir = Path(run_dir)
     group = init_distributed()
+    keep_freed_memory()
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     model = build_model(config, group)
