@@ -86,6 +86,7 @@ def test_random_keeps_all_positives_beyond_the_rate():
         {"momentum": 0.9, "weight_decay": 5e-3},
         {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-2},
         {"momentum": 0.9},
+        {"momentum": 0.9, "nesterov": True},
         {"momentum": 0.0, "weight_decay": 1e-2},
     ],
     ids=str,

@@ -144,6 +144,9 @@ class SparseSGD(RowSparseOptimizer):
         ]
         if momenta is None:
             weights.mul_(ww)
+        elif group["weight_decay"] == 0:  # ww = 1, bw = 0: the momentum alone moves the row
+            weights.addcmul_(momenta, wb)
+            momenta.mul_(bb)
         else:
             carried = momenta * wb
             momenta.mul_(bb).addcmul_(weights, bw)
