@@ -27,7 +27,8 @@ def main(folder: Path) -> None:
     print("retrieved per sample with nprobe 8 in the first table, and in the second as")
     print("benchmarks/accuracy.sh runs it at 10^6 classes: 96 per sample, nprobe 32, the best")
     print("1,000 by Hamming distance re-ranked exactly, index rebuilt every 100 steps (its build")
-    print("amortised in the last column).\n")
+    print("amortised in the last column). Every head keeps the memory it frees")
+    print("(`megaclass.allocator`); the last table compares that with glibc's default.\n")
     machine = None
     print("## 1,000,000 classes, dim 128, batch 1024, 10% budget\n")
     print(
@@ -92,11 +93,35 @@ def main(folder: Path) -> None:
                 )
     print("\nTargets: 10^7 step <= 1.3x the 10^5 step; peak <= 2.5x (weights + optimizer state).")
     print("The graph (int32, k = 32) is in the peak but not in the denominator.\n")
+    _allocator_table(folder)
     if machine:
         print(
             f"Machine: {machine['cpu']}, {machine['torch_threads']} torch threads, "
             f"torch {machine['torch']}, device {machine['device']}."
         )
+
+
+def _allocator_table(folder: Path) -> None:
+    """naive, random and knn at 10^6 classes (bf16) with glibc's default malloc, against the
+    same heads of the first table (freed memory kept)."""
+    system = _load(folder / "knn-1000000-bf16-system-malloc.json")
+    if not system:
+        return
+    kept = {r["head"]: r for r in _load(folder / "knn-1000000-bf16.json")}
+    print("## Freed memory kept (default) or returned to the system, bf16, 10^6 classes\n")
+    print(
+        "| head | ms/step, kept | ms/step, system malloc | system / kept | peak RSS MB, kept "
+        "| peak RSS MB, system |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in system:
+        k = kept[r["head"]]
+        print(
+            f"| {r['head']} | {k['ms_per_step']:.0f} | {r['ms_per_step']:.0f} "
+            f"| {r['ms_per_step'] / k['ms_per_step']:.2f} | {k['peak_rss_mb']:.0f} "
+            f"| {r['peak_rss_mb']:.0f} |"
+        )
+    print()
 
 
 if __name__ == "__main__":
