@@ -27,8 +27,9 @@ def main(folder: Path) -> None:
     print("retrieved per sample with nprobe 8 in the first table, and in the second as")
     print("benchmarks/accuracy.sh runs it at 10^6 classes: 96 per sample, nprobe 32, the best")
     print("1,000 by Hamming distance re-ranked exactly, index rebuilt every 100 steps (its build")
-    print("amortised in the last column). Every head keeps the memory it frees")
-    print("(`megaclass.allocator`); the last table compares that with glibc's default.\n")
+    print("amortised in the last column). Every megaclass head keeps the memory it frees")
+    print("(`megaclass.allocator`; naive, plain PyTorch, runs with glibc's default malloc); the")
+    print("last table compares that with glibc's default.\n")
     machine = None
     print("## 1,000,000 classes, dim 128, batch 1024, 10% budget\n")
     print(
@@ -102,8 +103,8 @@ def main(folder: Path) -> None:
 
 
 def _allocator_table(folder: Path) -> None:
-    """naive, random and knn at 10^6 classes (bf16) with glibc's default malloc, against the
-    same heads of the first table (freed memory kept)."""
+    """random and knn at 10^6 classes (bf16) with glibc's default malloc, against the same
+    heads of the first table (freed memory kept)."""
     system = _load(folder / "knn-1000000-bf16-system-malloc.json")
     if not system:
         return

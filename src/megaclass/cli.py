@@ -99,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     heads.add_argument(
         "--system-malloc",
         action="store_true",
-        help="leave glibc's malloc as it is (default: keep freed memory, megaclass.allocator)",
+        help="leave glibc's malloc as it is for every head (default: megaclass heads keep "
+        "freed memory, megaclass.allocator; naive never)",
     )
     heads.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     heads.add_argument("--json", default=None, metavar="OUT", help="write the records here")
