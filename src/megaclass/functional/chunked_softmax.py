@@ -62,11 +62,14 @@ class ShardLogSumExp:
     row_max: [B] fp32 (``-inf`` for an empty shard); sum_exp: [B] fp32;
     kept_exp: [B, C] ``exp(logit - row_max)`` when computed unchunked, kept for backward (which
     overwrites it: one backward per forward); else None.
+    kept_weights: [C, D] with kept_exp, the rows as multiplied (normalised for cosine margins,
+    in the matmul dtype), so that backward does not form them again; else None.
     """
 
     row_max: torch.Tensor
     sum_exp: torch.Tensor
     kept_exp: torch.Tensor | None
+    kept_weights: torch.Tensor | None = None
 
 
 def shard_targets(
@@ -118,7 +121,7 @@ def shard_logsumexp(
     buffer = _logits_buffer(num_rows, min(step, num_classes), queries.device)
     for start, stop in _chunks(num_classes, step):
         exps = buffer[:, : stop - start]  # [B, c]: base-2 logits, then exp2(logit - chunk_max)
-        _chunk_logits(queries_mm, weight[start:stop], normalize, out=exps)
+        w_mm = _chunk_logits(queries_mm, weight[start:stop], normalize, out=exps)
         chunk_max = exps.amax(1)  # [B], raised to bound the offset logits and the targets
         if offsets is not None:
             chunk_max += offsets[start:stop].max() * _LOG2E
@@ -136,8 +139,9 @@ def shard_logsumexp(
         new_max = torch.maximum(row_max, chunk_max)
         sum_exp = sum_exp * (row_max - new_max).exp2() + chunk_sum * (chunk_max - new_max).exp2()
         row_max = new_max
-    kept_exp = buffer if chunk_size is None and num_classes > 0 else None
-    return ShardLogSumExp(row_max=row_max * _LN2, sum_exp=sum_exp, kept_exp=kept_exp)
+    if chunk_size is None and num_classes > 0:  # one chunk: kept for backward
+        return ShardLogSumExp(row_max * _LN2, sum_exp, kept_exp=buffer, kept_weights=w_mm)
+    return ShardLogSumExp(row_max=row_max * _LN2, sum_exp=sum_exp, kept_exp=None)
 
 
 def shard_softmax_backward(
@@ -186,24 +190,24 @@ def shard_softmax_backward(
     for start, stop in _chunks(num_classes, step):
         exps = buffer[:, : stop - start]  # [B, c]
         if shard_lse.kept_exp is None:
-            w_hat = _chunk_logits(queries_mm, weight[start:stop], normalize, out=exps)
+            w_mm = _chunk_logits(queries_mm, weight[start:stop], normalize, out=exps)
             exps.sub_(lse_base2[:, None]).exp2_()
         else:
-            w_hat = _normalized(weight, normalize)
+            w_mm = shard_lse.kept_weights
         rows, cols = _owned_in_chunk(targets, start, stop)
         exps[rows, cols] = 0  # added apart below
         exps_mm = _in_matmul_dtype(exps, matmul_dtype)
         scale = None if column_scale is None else column_scale[start:stop, None]  # [c, 1]
-        w_mm = w_hat.to(matmul_dtype, copy=scale is not None)
         if scale is not None:
-            w_mm.mul_(scale.to(matmul_dtype))
+            w_mm = w_mm * scale.to(matmul_dtype)
         grad_queries.add_((exps_mm @ w_mm).float().mul_(row_scale[:, None]))
         grad_w_hat = (exps_mm.t() @ scaled_queries).float()  # [c, D]
         if scale is not None:
             grad_w_hat.mul_(scale)
         p_target = (targets_base2[rows] - lse_base2[rows]).exp2()  # [n]
         target_grad = ((p_target - 1) * row_grad[rows] * targets.slope[rows])[:, None]  # [n, 1]
-        grad_queries.index_add_(0, rows, target_grad * w_hat[cols].float())
+        target_w_hat = _normalized(weight[start:stop][cols].float(), normalize)  # [n, D]
+        grad_queries.index_add_(0, rows, target_grad * target_w_hat)
         grad_w_hat.index_add_(0, cols, target_grad * queries_base2[rows])
         if normalize:
             grad_w_hat = _normalize_backward(grad_w_hat, weight[start:stop])
@@ -232,7 +236,8 @@ def _normalized(w: torch.Tensor, normalize: bool) -> torch.Tensor:
 def _chunk_logits(
     queries_mm: torch.Tensor, w_chunk: torch.Tensor, normalize: bool, *, out: torch.Tensor
 ) -> torch.Tensor:
-    """Raw logits ``queries . w_hat`` of one chunk into ``out`` [B, c]; returns w_hat [c, D]."""
+    """Raw logits ``queries . w_hat`` of one chunk into ``out`` [B, c]; returns w_hat [c, D] in
+    the dtype of ``queries_mm``."""
     w_hat = _normalized(w_chunk, normalize)
     w_mm = w_hat.to(queries_mm.dtype)
     if out.dtype == queries_mm.dtype:
@@ -240,7 +245,7 @@ def _chunk_logits(
     else:
         products = workspace.take("products", out.shape, queries_mm.dtype, out.device)
         out.copy_(torch.mm(queries_mm, w_mm.t(), out=products))
-    return w_hat
+    return w_mm
 
 
 def _logits_buffer(num_rows: int, width: int, device: torch.device) -> torch.Tensor:
