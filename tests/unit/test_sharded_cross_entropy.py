@@ -5,6 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from megaclass import margins
+from megaclass.functional import shard_logsumexp, shard_targets
 from megaclass.heads.sharded_cross_entropy import ShardSpec, sharded_cross_entropy
 from tests.reference import ALL_MARGINS, reference_loss
 
@@ -68,9 +70,10 @@ def test_offsets_equal_the_reference_kept_and_chunked(margin, chunk_size):
 
 
 @pytest.mark.parametrize("chunk_size", [None, 64])
-def test_offsets_with_bf16_matmuls_stay_close_to_the_reference(chunk_size):
+@pytest.mark.parametrize("scale", [16.0, 100.0], ids=["unshifted", "shifted"])
+def test_offsets_with_bf16_matmuls_stay_close_to_the_reference(chunk_size, scale):
     x, y, w, offsets = _problem()
-    margin = ALL_MARGINS[2]  # CosFace
+    margin = margins.CosFace(scale=scale, margin=0.35)
     spec = _spec(margin, chunk_size, offsets, torch.bfloat16)
     got = _loss_and_grads(
         lambda x, w: sharded_cross_entropy(_queries(x, margin), w, y, spec), x.float(), w.float()
@@ -79,3 +82,39 @@ def test_offsets_with_bf16_matmuls_stay_close_to_the_reference(chunk_size):
     assert _rel(got[0], want[0]) < 1e-2
     assert _rel(got[1], want[1]) < 3e-2
     assert _rel(got[2], want[2]) < 3e-2
+
+
+@pytest.mark.parametrize("chunk_size", [None, 7])
+@pytest.mark.parametrize(
+    "margin, magnitude, unshifted",
+    [
+        (margins.Softmax(), 1.0, True),
+        (margins.Softmax(), 4.0, False),  # |q| |w| > 100: exp2 could overflow unshifted
+        (margins.CosFace(scale=16.0, margin=0.35), 1.0, True),
+        (margins.CosFace(scale=100.0, margin=0.35), 1.0, False),
+    ],
+)
+def test_the_row_maximum_is_subtracted_exactly_when_exp2_could_leave_the_fp32_range(
+    margin, magnitude, unshifted, chunk_size
+):
+    x, y, w, offsets = _problem()
+    x = x * magnitude
+    targets = shard_targets(_queries(x, margin).float(), w.float(), y.clamp_min(-1), margin)
+    statistics = shard_logsumexp(
+        _queries(x, margin).float(),
+        w.float(),
+        targets,
+        normalize=margin.normalize,
+        chunk_size=chunk_size,
+        matmul_dtype=torch.float32,
+        offsets=offsets.float(),
+    )
+    assert statistics.unshifted == unshifted
+    assert bool((statistics.row_max == 0).all()) == unshifted
+    spec = _spec(margin, chunk_size, offsets)
+    got = _loss_and_grads(
+        lambda x, w: sharded_cross_entropy(_queries(x, margin), w, y, spec), x.float(), w.float()
+    )
+    want = _loss_and_grads(lambda x, w: reference_loss(x, w, y, margin, offsets=offsets), x, w)
+    for name, a, b in zip(("loss", "grad queries", "grad weight"), got, want, strict=True):
+        assert _rel(a, b) <= 1e-5, name

@@ -27,6 +27,7 @@ logit ``queries . w_hat`` is ``scale * cos``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,7 @@ from megaclass.functional.topk import merge_row_topk
 _NORM_EPS = 1e-12  # as F.normalize
 _LOG2E = 1.4426950408889634  # base-2 logit = natural logit * log2(e)
 _LN2 = 0.6931471805599453
+_EXP2_LIMIT = 120.0  # |base-2 exponent| kept clear of fp32's and bf16's limits (2^-126, 2^128)
 
 
 @dataclass(frozen=True)
@@ -61,15 +63,18 @@ class ShardLogSumExp:
 
     row_max: [B] fp32 (``-inf`` for an empty shard); sum_exp: [B] fp32;
     kept_exp: [B, C] ``exp(logit - row_max)`` when computed unchunked, kept for backward (which
-    overwrites it: one backward per forward); else None.
+    overwrites it: one backward per forward); else None. In the matmul dtype when unshifted,
+    else fp32.
     kept_weights: [C, D] with kept_exp, the rows as multiplied (normalised for cosine margins,
     in the matmul dtype), so that backward does not form them again; else None.
+    unshifted: whether the exponentials were taken of the logits as they are (row_max is 0).
     """
 
     row_max: torch.Tensor
     sum_exp: torch.Tensor
     kept_exp: torch.Tensor | None
     kept_weights: torch.Tensor | None = None
+    unshifted: bool = False
 
 
 def shard_targets(
@@ -110,6 +115,11 @@ def shard_logsumexp(
     offsets [C] fp32 or None: added to every logit of its class (column) but the targets. They
     are applied as factors ``2^offset`` of the columns' exponentials, in the row sums, rather
     than added to the logits: one pass less over the [B, C] block.
+
+    When no logit can overflow or underflow ``exp2`` (see ``_exponentiate_unshifted``) the
+    exponentials are taken of the logits as they are, ``row_max`` is 0, and the block stays in
+    the matmul dtype: no pass for the row maxima, none to subtract them and, in bf16, none to
+    convert the block.
     """
     num_rows, num_classes = queries.shape[0], weight.shape[0]
     row_max = torch.full((num_rows,), float("-inf"), device=queries.device)
@@ -117,31 +127,43 @@ def shard_logsumexp(
     queries_mm = (queries * _LOG2E).to(matmul_dtype)  # base-2 logits
     targets_base2 = targets.logits * _LOG2E
     column_scale = _column_scale(offsets)
+    unshifted = _exponentiate_unshifted(queries, weight, targets, normalize, column_scale)
     step = _step(num_classes, chunk_size)
-    buffer = _logits_buffer(num_rows, min(step, num_classes), queries.device)
+    buffer = _logits_buffer(
+        num_rows, min(step, num_classes), queries.device, matmul_dtype, unshifted
+    )
     for start, stop in _chunks(num_classes, step):
         exps = buffer[:, : stop - start]  # [B, c]: base-2 logits, then exp2(logit - chunk_max)
         w_mm = _chunk_logits(queries_mm, weight[start:stop], normalize, out=exps)
-        chunk_max = exps.amax(1)  # [B], raised to bound the offset logits and the targets
-        if offsets is not None:
-            chunk_max += offsets[start:stop].max() * _LOG2E
         rows, cols = _owned_in_chunk(targets, start, stop)
-        chunk_max[rows] = torch.maximum(chunk_max[rows], targets_base2[rows])
-        exps.sub_(chunk_max[:, None]).exp2_()
+        if unshifted:
+            chunk_max = torch.zeros(num_rows, device=queries.device)
+        else:
+            chunk_max = exps.amax(1)  # [B] (fp32), raised to bound the offset logits and targets
+            if offsets is not None:
+                chunk_max += offsets[start:stop].max() * _LOG2E
+            chunk_max[rows] = torch.maximum(chunk_max[rows], targets_base2[rows])
+            exps.sub_(chunk_max[:, None])
+        exps.exp2_()
         target_exps = (targets_base2[rows] - chunk_max[rows]).exp2()  # [n], no offset
         if column_scale is None:
-            exps[rows, cols] = target_exps
-            chunk_sum = exps.sum(1)  # [B]
+            exps[rows, cols] = target_exps.to(exps.dtype)
+            chunk_sum = exps.sum(1).float()  # [B]
         else:
             scale = column_scale[start:stop]
-            exps[rows, cols] = target_exps / scale[cols]
-            chunk_sum = exps @ scale  # [B]
+            exps[rows, cols] = (target_exps / scale[cols]).to(exps.dtype)
+            chunk_sum = (exps @ scale.to(exps.dtype)).float()  # [B]
         new_max = torch.maximum(row_max, chunk_max)
         sum_exp = sum_exp * (row_max - new_max).exp2() + chunk_sum * (chunk_max - new_max).exp2()
         row_max = new_max
-    if chunk_size is None and num_classes > 0:  # one chunk: kept for backward
-        return ShardLogSumExp(row_max * _LN2, sum_exp, kept_exp=buffer, kept_weights=w_mm)
-    return ShardLogSumExp(row_max=row_max * _LN2, sum_exp=sum_exp, kept_exp=None)
+    kept = chunk_size is None and num_classes > 0  # one chunk: kept for backward
+    return ShardLogSumExp(
+        row_max * _LN2,
+        sum_exp,
+        kept_exp=buffer if kept else None,
+        kept_weights=w_mm if kept else None,
+        unshifted=unshifted,
+    )
 
 
 def shard_softmax_backward(
@@ -170,7 +192,6 @@ def shard_softmax_backward(
     """
     num_rows, num_classes = queries.shape[0], weight.shape[0]
     grad_queries = torch.zeros(queries.shape, dtype=torch.float32, device=queries.device)
-    grad_weight = torch.empty_like(weight)
     # Base-2 logits: queries and lse scaled by log2(e). The row weights are scaled by ln(2), so
     # that block^T @ queries_base2 is the gradient of the weights as it stands; the gradient of
     # the queries takes the factor log2(e) at the end.
@@ -180,18 +201,26 @@ def shard_softmax_backward(
     row_grad = row_grad * _LN2
     column_scale = _column_scale(offsets)
     step = _step(num_classes, chunk_size)
-    if shard_lse.kept_exp is None:
-        buffer = _logits_buffer(num_rows, min(step, num_classes), queries.device)
-        row_scale = row_grad  # [B]: the recomputed exponentials are exp2(logit - lse)
+    one_chunk = step >= num_classes
+    grad_weight = None if one_chunk else torch.empty_like(weight)  # one chunk: that chunk's
+    recompute, unshifted = shard_lse.kept_exp is None, shard_lse.unshifted
+    if recompute:
+        width = min(step, num_classes)
+        buffer = _logits_buffer(num_rows, width, queries.device, matmul_dtype, unshifted)
     else:
         buffer = shard_lse.kept_exp  # overwritten in place: backward is its last use
-        row_scale = (shard_lse.row_max - lse).exp() * row_grad  # kept: exp2(logit - row_max)
+    if recompute and not unshifted:
+        row_scale = row_grad  # [B]: the recomputed exponentials are exp2(logit - lse)
+    else:  # the exponentials are exp2(logit - row_max)
+        row_scale = (shard_lse.row_max - lse).exp() * row_grad
     scaled_queries = (queries_base2 * row_scale[:, None]).to(matmul_dtype)  # [B, D]
     for start, stop in _chunks(num_classes, step):
         exps = buffer[:, : stop - start]  # [B, c]
-        if shard_lse.kept_exp is None:
+        if recompute:
             w_mm = _chunk_logits(queries_mm, weight[start:stop], normalize, out=exps)
-            exps.sub_(lse_base2[:, None]).exp2_()
+            if not unshifted:
+                exps.sub_(lse_base2[:, None])
+            exps.exp2_()
         else:
             w_mm = shard_lse.kept_weights
         rows, cols = _owned_in_chunk(targets, start, stop)
@@ -211,7 +240,12 @@ def shard_softmax_backward(
         grad_w_hat.index_add_(0, cols, target_grad * queries_base2[rows])
         if normalize:
             grad_w_hat = _normalize_backward(grad_w_hat, weight[start:stop])
-        grad_weight[start:stop] = grad_w_hat
+        if one_chunk:
+            grad_weight = grad_w_hat.to(weight.dtype)
+        else:
+            grad_weight[start:stop] = grad_w_hat
+    if grad_weight is None:  # no classes
+        grad_weight = torch.empty_like(weight)
     return grad_queries.mul_(_LOG2E), grad_weight
 
 
@@ -248,9 +282,43 @@ def _chunk_logits(
     return w_mm
 
 
-def _logits_buffer(num_rows: int, width: int, device: torch.device) -> torch.Tensor:
-    """fp32 scratch [num_rows, width] for a chunk of logits (reused across steps)."""
-    return workspace.take("logits", (num_rows, width), torch.float32, device)
+def _logits_buffer(
+    num_rows: int,
+    width: int,
+    device: torch.device,
+    matmul_dtype: torch.dtype = torch.float32,
+    unshifted: bool = False,
+) -> torch.Tensor:
+    """Scratch [num_rows, width] for a chunk of logits (reused across steps): in the matmul
+    dtype when the exponentials are taken unshifted, else fp32 (the shift is subtracted there)."""
+    dtype = matmul_dtype if unshifted else torch.float32
+    return workspace.take("logits", (num_rows, width), dtype, device)
+
+
+def _exponentiate_unshifted(
+    queries: torch.Tensor,
+    weight: torch.Tensor,
+    targets: ShardTargets,
+    normalize: bool,
+    column_scale: torch.Tensor | None,
+) -> bool:
+    """Whether ``exp2`` of every base-2 logit as it is, and every row sum of those exponentials
+    (column factors included), stays within the normal range of fp32 and bf16 (2^-126 to
+    2^128), so that no shift by the row maximum is needed.
+
+    Cauchy-Schwarz bounds every raw logit by ``|q_i| * |w_j|`` (``|w_hat_j| <= 1`` for cosine
+    margins): with a cosine margin of scale 32 that is 46 in base 2, so a row sum of 10^8
+    exponentials stays below 2^73. A margin's target logit is bounded by its own value.
+    """
+    if queries.numel() == 0 or weight.numel() == 0:
+        return False
+    weight_norm = 1.0 if normalize else weight.float().norm(dim=1).max()
+    raw_bound = queries.norm(dim=1).max() * weight_norm
+    bound = float(torch.maximum(raw_bound, targets.logits.abs().max())) * _LOG2E
+    largest_sum = bound + math.log2(weight.shape[0])
+    if column_scale is not None:
+        largest_sum += float(column_scale.max().log2())
+    return bound < _EXP2_LIMIT and largest_sum < _EXP2_LIMIT
 
 
 def _in_matmul_dtype(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -266,12 +334,13 @@ def _owned_in_chunk(targets: ShardTargets, start: int, stop: int):
 
 
 def _normalize_backward(grad_w_hat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Gradient through ``w_hat = w / max(|w|, eps)`` row by row; [c, D] -> [c, D]."""
+    """Gradient through ``w_hat = w / max(|w|, eps)`` row by row, in place of ``grad_w_hat``:
+    ``g / |w| - w (w . g) / |w|^3`` (0 radial part where ``|w| <= eps``); [c, D] -> [c, D]."""
     w = w.float()
     norm = w.norm(dim=1, keepdim=True)  # [c, 1]
-    w_hat = w / norm.clamp_min(_NORM_EPS)
-    radial = (w_hat * grad_w_hat).sum(1, keepdim=True) * (norm > _NORM_EPS)
-    return (grad_w_hat - w_hat * radial) / norm.clamp_min(_NORM_EPS)
+    inverse = norm.clamp_min(_NORM_EPS).reciprocal()
+    radial = (w * grad_w_hat).sum(1, keepdim=True) * inverse.pow(3) * (norm > _NORM_EPS)
+    return grad_w_hat.mul_(inverse).addcmul_(w, radial, value=-1)
 
 
 def shard_topk(
