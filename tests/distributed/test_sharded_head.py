@@ -197,7 +197,7 @@ def test_random_sampling_on_three_ranks_keeps_every_label_active():
     assert all(r[4] == len(active) for r in per_rank)
 
 
-def _knn_case(group, budget, build="exact", frequent_share=0.0, k=5, walk_k=0):
+def _knn_case(group, budget, build="exact", frequent_share=0.0, k=5, walk_k=0, fill="uniform"):
     sampler = megaclass.samplers.KNN(
         k=k,
         budget=budget,
@@ -206,6 +206,7 @@ def _knn_case(group, budget, build="exact", frequent_share=0.0, k=5, walk_k=0):
         random_share=0.25 if walk_k == 0 else 0.0,
         frequent_share=frequent_share,
         walk_k=walk_k,
+        fill=fill,
     )
     out, grad_x, grad_w, active, head = _sampled_step(group, sampler, margins.CosFace(scale=16.0))
     counts = frequent_ids = None
@@ -238,6 +239,21 @@ def test_knn_on_three_ranks_builds_the_exact_graph_and_equals_full_at_full_budge
     assert _rel(torch.cat([r[2] for r in per_rank]), want_gw) <= 1e-5
     sampled = run_ranks(3, _knn_case, 0.05)
     assert set(y[y >= 0].tolist()) <= set(torch.cat([r[3] for r in sampled]).tolist())
+
+
+def test_knn_frequency_fill_on_three_ranks_keeps_every_label_and_equals_full_at_full_budget():
+    _, y, _ = _global_problem()
+    per_rank = run_ranks(3, _knn_case, 1.0, "exact", 0.0, 5, 0, "frequency")
+    want_loss, want_gx, want_gw = _dense_reference(margins.CosFace(scale=16.0))
+    assert all(_rel(r[0], want_loss) <= 1e-5 for r in per_rank)
+    assert _rel(torch.cat([r[1] for r in per_rank]) / 3, want_gx) <= 1e-5
+    assert _rel(torch.cat([r[2] for r in per_rank]), want_gw) <= 1e-5
+    sampled = run_ranks(3, _knn_case, 0.2, "exact", 0.0, 5, 0, "frequency")
+    active = torch.cat([r[3] for r in sampled])
+    assert set(y[y >= 0].tolist()) <= set(active.tolist())
+    assert torch.equal(
+        torch.cat([r[5] for r in sampled]), torch.bincount(y[y >= 0], minlength=NUM_CLASSES)
+    )
 
 
 def test_knn_walks_on_three_ranks_find_every_samples_best_classes_of_each_shard():

@@ -81,15 +81,19 @@ def _head(sampler, weight):
     return head
 
 
-def test_knn_with_a_budget_of_all_classes_equals_full():
+@pytest.mark.parametrize("fill", ["uniform", "frequency"])
+def test_knn_with_a_budget_of_all_classes_equals_full(fill):
     g = torch.Generator().manual_seed(1)
     weight, x = torch.randn(NUM_CLASSES, DIM, generator=g), torch.randn(29, DIM, generator=g)
     y = torch.randint(0, NUM_CLASSES, (29,), generator=g)
     results = []
-    for sampler in (samplers.Full(), samplers.KNN(k=4, budget=1.0)):
+    for sampler in (samplers.Full(), samplers.KNN(k=4, budget=1.0, fill=fill)):
         head, xx = _head(sampler, weight), x.clone().requires_grad_()
-        out = head(xx, y)
-        out.loss.backward()
+        for _ in range(2):  # the second step of a frequency fill draws by the counts
+            head.weight.grad = None
+            xx.grad = None
+            out = head(xx, y)
+            out.loss.backward()
         grad = head.weight.grad
         results.append((out.loss, xx.grad, grad.to_dense() if grad.is_sparse else grad))
     for a, b in zip(*results, strict=True):

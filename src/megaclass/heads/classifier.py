@@ -126,9 +126,9 @@ class ClassifierHead(nn.Module):
         # Class sampling: the same draws for the same (seed, rank) in every run.
         self.sampling_generator = torch.Generator().manual_seed(seed * 1_000_003 + self.rank)
         self.knn_graph: torch.Tensor | None = None  # [num_local, k] int32 global ids (KNN only)
-        self.frequent_classes = (  # KNN with a frequent share only
-            FrequentClasses(self.num_local, device)
-            if isinstance(sampler, KNN) and sampler.frequent_share > 0
+        self.frequent_classes = (  # KNN with a frequent share or a frequency fill only
+            FrequentClasses(self.num_local, device, stratify=sampler.fill == "frequency")
+            if isinstance(sampler, KNN) and sampler.counts_labels()
             else None
         )
         self.ann_index: BinaryIVF | None = None  # this shard's classes (ANN only)
@@ -284,6 +284,7 @@ class ClassifierHead(nn.Module):
             self.sampling_generator,
             None if frequent is None else frequent.rows,
             walked,
+            None if frequent is None else frequent.strata,
         )
 
     def _ann_rows(self, positives: torch.Tensor, queries: torch.Tensor) -> Selection:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from megaclass.samplers.stratified import CountStrata
+
 
 class FrequentClasses:
     """Running counts of the training labels that one shard owns, and its ``size`` most counted
-    classes as of the last ``refresh``.
+    classes as of the last ``refresh`` (and, with ``stratify``, the shard's classes bucketed by
+    count for ``KNN(fill="frequency")``: ``strata``, O(num_local log num_local) per refresh).
 
     Counting costs O(batch) per step; a refresh is a top-k over the shard (O(num_local)), which
     the head does in the training steps numbered 1, 2, 4, 8, ... from each rebuild of the class
@@ -18,9 +21,13 @@ class FrequentClasses:
         once; ties broken by ``torch.topk``).
     """
 
-    def __init__(self, num_local: int, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self, num_local: int, device: torch.device | str | None = None, stratify: bool = False
+    ) -> None:
         self.counts = torch.zeros(num_local, dtype=torch.int64, device=device)
         self.rows = torch.zeros(0, dtype=torch.int64, device=device)
+        self.stratify = stratify
+        self.strata: CountStrata | None = None  # with stratify, as of the last refresh
 
     def count(self, positives: torch.Tensor) -> None:
         """Count a training step's labels: positives [n] local rows (may repeat)."""
@@ -30,6 +37,8 @@ class FrequentClasses:
         """Make ``rows`` the (at most) ``size`` most counted classes."""
         top = self.counts.topk(min(size, len(self.counts)))
         self.rows = top.indices[top.values > 0].sort(stable=True).values
+        if self.stratify:
+            self.strata = CountStrata.of(self.counts)
 
     def entries(self, size: int) -> torch.Tensor:
         """The (at most) ``size`` most counted of ``rows``: [e] local rows."""
@@ -45,3 +54,5 @@ class FrequentClasses:
         """Restore ``state()``'s rows (resharded by the checkpoint to this shard)."""
         self.counts = state["knn_label_counts"].to(self.counts.device)
         self.rows = state["knn_frequent"].nonzero().squeeze(1).to(self.counts.device)
+        if self.stratify:
+            self.strata = CountStrata.of(self.counts)

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import torch
 
+from megaclass.samplers.stratified import CountStrata, select_with_count_fill
 from megaclass.samplers.uniform import Selection, first_occurrences, select_with_fill
 
 
@@ -36,6 +37,13 @@ class KNN:
         rarely seen class's samples, and a uniform draw over a tenth of the classes holds them
         in one step of ten. Held-out top-1 with 0 and 0.5 (300 steps, 10% budget): 0.763 and
         0.773 at 10^5 classes (full softmax 0.786), 0.648 and 0.656 at 10^6 (full 0.656).
+    fill: how the rest of the budget is drawn from the classes not chosen outright:
+        ``"uniform"``, or ``"frequency"``: in proportion to how often each class was a training
+        label so far (+ 0.1), stratified by count so that the draw keeps its exact size, each
+        drawn class logit-corrected for its stratum (see ``samplers.stratified``). It lowers the
+        variance of the sampled softmax's estimate of the classes left out; on the 10^5-class
+        synthetic catalogue (10% budget, frequent 0.3, walk 8, seeds 0 and 1) held-out top-1
+        went from -0.75 to -0.49 points of full's.
     walk_k: with ``frequent_share``, also score outright each sample's ``walk_k`` best classes
         found by walking the class graph from its label and its best frequent classes (see
         ``walk_graph``), after the frequent classes and before the labels' neighbours: the
@@ -54,6 +62,7 @@ class KNN:
     logit_correction: bool = True
     frequent_share: float = 0.0
     walk_k: int = 0
+    fill: str = "uniform"
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -82,6 +91,18 @@ class KNN:
                 f"{self.frequent_share}"
             )
 
+        if self.fill not in ("uniform", "frequency"):
+            raise ValueError(f"KNN fill must be 'uniform' or 'frequency', got {self.fill!r}")
+        if self.fill == "frequency" and not self.logit_correction:
+            raise ValueError(
+                "KNN fill='frequency' needs logit_correction=True (its draws are unequal: "
+                "uncorrected, they would bias the softmax towards frequent classes)"
+            )
+
+    def counts_labels(self) -> bool:
+        """Whether the head keeps per-class training-label counts (``FrequentClasses``)."""
+        return self.frequent_share > 0 or self.fill == "frequency"
+
     def uses_ivf(self, num_classes: int) -> bool:
         """Whether the graph of ``num_classes`` classes is built approximately."""
         return self.build == "ivf" or (self.build == "auto" and num_classes > self.EXACT_UP_TO)
@@ -105,6 +126,7 @@ class KNN:
         generator: torch.Generator,
         frequent: torch.Tensor | None = None,
         walked: torch.Tensor | None = None,
+        strata: CountStrata | None = None,
     ) -> Selection:
         """Active rows of this shard.
 
@@ -113,7 +135,9 @@ class KNN:
         (all shards), nearest first, -1 for none;
         frequent [f]: local rows of the shard's most frequent classes (``frequent_share``);
         walked [B, w]: local rows found for each sample by ``walk_graph``, best first, -1 for
-        none.
+        none;
+        strata: the shard's classes by label count, for ``fill="frequency"`` (None: before the
+        first count, a uniform fill).
         """
         positives = positives.unique()
         ranked = [positives]
@@ -127,4 +151,6 @@ class KNN:
         ranked = first_occurrences(torch.cat(ranked))
         wanted = max(budget, len(positives))
         chosen = ranked[: max(wanted - int(self.random_share * budget), len(positives))]
+        if self.fill == "frequency" and strata is not None:
+            return select_with_count_fill(chosen, wanted, strata, generator)
         return select_with_fill(chosen, wanted, num_local, generator, self.logit_correction)

@@ -442,6 +442,7 @@ def build_sampler(config: RunConfig) -> samplers.Sampler:
             logit_correction=head.logit_correction,
             frequent_share=head.knn_frequent_share,
             walk_k=head.knn_walk_k,
+            fill=head.knn_fill,
         )
     if head.sampler == "ann":
         return samplers.ANN(
