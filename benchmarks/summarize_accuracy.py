@@ -1,5 +1,6 @@
 """Table and plot of benchmarks/accuracy.sh: held-out top-1 of full, knn (as published, with a
-frequent share, and with graph walks too), ann and random by step."""
+frequent share, with graph walks too, and with a fill drawn by label frequency), ann and random
+by step."""
 
 import json
 import os
@@ -8,12 +9,13 @@ from pathlib import Path
 
 import tomllib
 
-SAMPLERS = ("full", "knn", "knn-frequent", "knn-walk", "ann", "random")
+SAMPLERS = ("full", "knn", "knn-frequent", "knn-walk", "knn-fill", "ann", "random")
 COLORS = {
     "full": "tab:blue",
     "knn": "tab:orange",
     "knn-frequent": "tab:purple",
     "knn-walk": "tab:brown",
+    "knn-fill": "tab:olive",
     "ann": "tab:red",
     "random": "tab:green",
 }

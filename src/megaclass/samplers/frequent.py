@@ -10,7 +10,7 @@ from megaclass.samplers.stratified import CountStrata
 class FrequentClasses:
     """Running counts of the training labels that one shard owns, and its ``size`` most counted
     classes as of the last ``refresh`` (and, with ``stratify``, the shard's classes bucketed by
-    count for ``KNN(fill="frequency")``: ``strata``, O(num_local log num_local) per refresh).
+    count for ``KNN(fill="frequency")``: ``strata``, O(num_local) per refresh).
 
     Counting costs O(batch) per step; a refresh is a top-k over the shard (O(num_local)), which
     the head does in the training steps numbered 1, 2, 4, 8, ... from each rebuild of the class

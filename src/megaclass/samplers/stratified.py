@@ -36,7 +36,7 @@ class CountStrata:
     """A shard's classes bucketed by training-label count.
 
     bucket: [num_local] int64, each class's bucket (``floor(log2(count + 1))``);
-    members: [num_local] int64, the local rows sorted by bucket (stable);
+    members: [num_local] int64, the local rows sorted by bucket, ascending within one;
     position: [num_local] int64, each row's index in ``members``;
     bounds: [S + 1] int64, bucket ``s`` is ``members[bounds[s]:bounds[s + 1]]``;
     weight: [S] float64, the mean ``count + UNSEEN_WEIGHT`` of each bucket's classes.
@@ -50,13 +50,15 @@ class CountStrata:
 
     @staticmethod
     def of(counts: torch.Tensor) -> CountStrata:
-        """Strata of ``counts`` [num_local] (int64 label counts). O(num_local log num_local)."""
+        """Strata of ``counts`` [num_local] (int64 label counts). O(num_local x buckets), the
+        buckets being at most log2 of the largest count + 1 (a counting sort: at 10^7 classes
+        faster than a stable sort of the bucket ids)."""
         counts = counts.cpu()
-        bucket = torch.log2(counts.double() + 1).floor().long()
-        members = bucket.sort(stable=True).indices
+        bucket = torch.frexp((counts + 1).float()).exponent.long() - 1  # floor(log2(count + 1))
+        sizes = torch.bincount(bucket)
+        members = torch.cat([(bucket == s).nonzero().squeeze(1) for s in range(len(sizes))])
         position = torch.empty_like(members)
         position[members] = torch.arange(len(members))
-        sizes = torch.bincount(bucket)
         totals = torch.zeros(len(sizes), dtype=torch.float64).index_add_(0, bucket, counts.double())
         weight = totals / sizes.clamp_min(1) + UNSEEN_WEIGHT
         bounds = torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)])
