@@ -52,6 +52,15 @@ def _loss_and_grads(loss_fn, x, w):
     return loss.detach().double(), x.grad.double(), grad_w.double()
 
 
+def _against_reference(x, y, w, offsets, margin, spec):
+    """(loss, grad x, grad w) of the sharded function (fp32 inputs) and of the float64 reference."""
+    got = _loss_and_grads(
+        lambda x, w: sharded_cross_entropy(_queries(x, margin), w, y, spec), x.float(), w.float()
+    )
+    want = _loss_and_grads(lambda x, w: reference_loss(x, w, y, margin, offsets=offsets), x, w)
+    return got, want
+
+
 def _rel(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
@@ -61,10 +70,7 @@ def _rel(a, b):
 def test_offsets_equal_the_reference_kept_and_chunked(margin, chunk_size):
     x, y, w, offsets = _problem()
     spec = _spec(margin, chunk_size, offsets)
-    got = _loss_and_grads(
-        lambda x, w: sharded_cross_entropy(_queries(x, margin), w, y, spec), x.float(), w.float()
-    )
-    want = _loss_and_grads(lambda x, w: reference_loss(x, w, y, margin, offsets=offsets), x, w)
+    got, want = _against_reference(x, y, w, offsets, margin, spec)
     for name, a, b in zip(("loss", "grad queries", "grad weight"), got, want, strict=True):
         assert _rel(a, b) <= 1e-5, name
 
@@ -75,10 +81,7 @@ def test_offsets_with_bf16_matmuls_stay_close_to_the_reference(chunk_size, scale
     x, y, w, offsets = _problem()
     margin = margins.CosFace(scale=scale, margin=0.35)
     spec = _spec(margin, chunk_size, offsets, torch.bfloat16)
-    got = _loss_and_grads(
-        lambda x, w: sharded_cross_entropy(_queries(x, margin), w, y, spec), x.float(), w.float()
-    )
-    want = _loss_and_grads(lambda x, w: reference_loss(x, w, y, margin, offsets=offsets), x, w)
+    got, want = _against_reference(x, y, w, offsets, margin, spec)
     assert _rel(got[0], want[0]) < 1e-2
     assert _rel(got[1], want[1]) < 3e-2
     assert _rel(got[2], want[2]) < 3e-2
@@ -112,9 +115,6 @@ def test_the_row_maximum_is_subtracted_exactly_when_exp2_could_leave_the_fp32_ra
     assert statistics.unshifted == unshifted
     assert bool((statistics.row_max == 0).all()) == unshifted
     spec = _spec(margin, chunk_size, offsets)
-    got = _loss_and_grads(
-        lambda x, w: sharded_cross_entropy(_queries(x, margin), w, y, spec), x.float(), w.float()
-    )
-    want = _loss_and_grads(lambda x, w: reference_loss(x, w, y, margin, offsets=offsets), x, w)
+    got, want = _against_reference(x, y, w, offsets, margin, spec)
     for name, a, b in zip(("loss", "grad queries", "grad weight"), got, want, strict=True):
         assert _rel(a, b) <= 1e-5, name
