@@ -100,13 +100,16 @@ def main(folder: Path, results: Path) -> None:
         "keeping 25% of its budget for drawn classes (the defaults); knn-frequent: knn keeping "
         "another 50% for the most frequent training labels so far (`head.knn_frequent_share = "
         "0.5`); knn-walk: knn-frequent plus each sample's 8 best classes found by a walk of the "
-        "class graph (`head.knn_walk_k = 8`); ann, groups of 64 samples: "
+        "class graph (`head.knn_walk_k = 8`); knn-fill: a frequent share of 0.3, the walk, and "
+        "35% of the budget drawn in proportion to label counts (`head.knn_random_share = 0.35`, "
+        '`head.knn_fill = "frequency"`); ann, groups of 64 samples: '
         "at 10^5 classes exact search (every class scored) for each sample's 28 best, and 5% of "
         "the classes drawn per step for every group (logit-corrected); at 10^6 the binary IVF "
         "index (128-bit codes, 32 of its 1,000 lists probed, the 1,000 best by Hamming distance "
         "re-ranked by exact cosine, rebuilt every 100 steps) for each sample's 96 best. "
         "samples/s and total s include those evaluations, and runs at one thread ran beside "
-        "another run (knn-frequent and knn-walk beside several): compare speeds with "
+        "another run (knn-frequent and knn-walk beside several, knn-fill beside one): compare "
+        "speeds with "
         "`megaclass bench heads`, not here. Reproduce: "
         "`bash benchmarks/accuracy.sh`. Plot: `accuracy.png`.\n\n" + table(runs) + "\n"
     )
