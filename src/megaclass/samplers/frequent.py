@@ -28,6 +28,7 @@ class FrequentClasses:
         self.rows = torch.zeros(0, dtype=torch.int64, device=device)
         self.stratify = stratify
         self.strata: CountStrata | None = None  # with stratify, as of the last refresh
+        self.stratified_counts: torch.Tensor | None = None  # the counts ``strata`` came from
 
     def count(self, positives: torch.Tensor) -> None:
         """Count a training step's labels: positives [n] local rows (may repeat)."""
@@ -38,21 +39,29 @@ class FrequentClasses:
         top = self.counts.topk(min(size, len(self.counts)))
         self.rows = top.indices[top.values > 0].sort(stable=True).values
         if self.stratify:
-            self.strata = CountStrata.of(self.counts)
+            self._stratify(self.counts.clone())
+
+    def _stratify(self, counts: torch.Tensor) -> None:
+        self.stratified_counts = counts
+        self.strata = CountStrata.of(counts)
 
     def entries(self, size: int) -> torch.Tensor:
         """The (at most) ``size`` most counted of ``rows``: [e] local rows."""
         return self.rows[self.counts[self.rows].topk(min(size, len(self.rows))).indices]
 
     def state(self) -> dict[str, torch.Tensor]:
-        """Per-class rows for a checkpoint: the counts, and which classes are in ``rows``."""
+        """Per-class rows for a checkpoint: the counts, which classes are in ``rows`` and, with
+        strata, the counts they were built from (so that a resumed run draws as this one)."""
         chosen = torch.zeros(len(self.counts), dtype=torch.bool, device=self.counts.device)
         chosen[self.rows] = True
-        return {"knn_label_counts": self.counts, "knn_frequent": chosen}
+        state = {"knn_label_counts": self.counts, "knn_frequent": chosen}
+        if self.stratified_counts is not None:
+            state["knn_stratified_counts"] = self.stratified_counts
+        return state
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         """Restore ``state()``'s rows (resharded by the checkpoint to this shard)."""
         self.counts = state["knn_label_counts"].to(self.counts.device)
         self.rows = state["knn_frequent"].nonzero().squeeze(1).to(self.counts.device)
         if self.stratify:
-            self.strata = CountStrata.of(self.counts)
+            self._stratify(state.get("knn_stratified_counts", self.counts).to(self.counts.device))

@@ -98,7 +98,7 @@ class HeadConfig:
     knn_random_share: float = 0.25  # knn: share of the budget always drawn uniformly
     knn_frequent_share: float = 0.0  # knn: share of the budget for the most frequent labels
     knn_walk_k: int = 0  # knn with a frequent share: classes per sample found by a graph walk
-    knn_fill: str = "uniform"  # knn: draw the rest "uniform" or by label "frequency"
+    knn_fill: str = "frequency"  # knn: draw the rest by label "frequency" or "uniform"
     logit_correction: bool = True  # random, knn: drawn classes' logits + log(1 / draw rate)
     ann_k: int = 64  # ann: classes retrieved per sample (all shards)
     ann_group_size: int = 64  # ann: samples scored together over their candidates
@@ -139,8 +139,11 @@ class HeadConfig:
                 "most frequent classes)"
             )
         _choice("head.knn_fill", self.knn_fill, ("uniform", "frequency"))
-        if self.knn_fill == "frequency" and not self.logit_correction:
-            raise ValueError("head.knn_fill = 'frequency' needs head.logit_correction = true")
+        if self.sampler == "knn" and self.knn_fill == "frequency" and not self.logit_correction:
+            raise ValueError(
+                "head.knn_fill = 'frequency' needs head.logit_correction = true (for knn "
+                "without the correction set head.knn_fill = 'uniform')"
+            )
         for name in ("ann_k", "ann_group_size", "ann_nprobe"):
             _at_least(f"head.{name}", getattr(self, name), 1)
         if self.ann_bits < 64 or self.ann_bits % 64:
