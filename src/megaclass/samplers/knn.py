@@ -91,7 +91,6 @@ class KNN:
                 f"from frequent classes), got walk_k {self.walk_k}, frequent_share "
                 f"{self.frequent_share}"
             )
-
         if self.fill not in ("uniform", "frequency"):
             raise ValueError(f"KNN fill must be 'uniform' or 'frequency', got {self.fill!r}")
         if self.fill == "frequency" and not self.logit_correction:
