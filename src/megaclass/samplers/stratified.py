@@ -73,13 +73,14 @@ def select_with_count_fill(
     device = chosen.device
     chosen = chosen.cpu()
     sizes = strata.bounds.diff()  # [S]
-    chosen_per_bucket = torch.bincount(strata.bucket[chosen], minlength=len(sizes))
+    chosen_buckets = strata.bucket[chosen]  # [n]
+    chosen_per_bucket = torch.bincount(chosen_buckets, minlength=len(sizes))
     unchosen = sizes - chosen_per_bucket  # [S]
     draws = _split(max(wanted - len(chosen), 0), unchosen, strata.weight)
     drawn, offsets = [], []
     for s in draws.nonzero().squeeze(1).tolist():
         first, count = int(strata.bounds[s]), int(draws[s])
-        in_bucket = chosen[strata.bucket[chosen] == s]
+        in_bucket = chosen[chosen_buckets == s]
         taken = strata.position[in_bucket] - first  # positions of the chosen rows in the bucket
         positions = fill_uniform(taken, len(taken) + count, int(sizes[s]), generator)
         new = positions[~torch.isin(positions, taken)]
