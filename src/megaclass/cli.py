@@ -9,14 +9,14 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    from megaclass.train import Interrupted, NonFiniteLoss
+    from megaclass.train import Interrupted, NonFiniteLoss, TrainingCollapsed
 
     try:
         return args.run(args)
     except ValueError as error:
         print(f"megaclass: error: {error}", file=sys.stderr)
         return 2
-    except NonFiniteLoss as error:
+    except (NonFiniteLoss, TrainingCollapsed) as error:
         print(f"megaclass: {error}", file=sys.stderr)
         return 3
     except Interrupted as error:

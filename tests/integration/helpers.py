@@ -24,6 +24,11 @@ TINY = [
     "optim.lr=0.05",
 ]
 
+# The default MLP's BatchNorm normalises each rank's share of the batch (as DDP without
+# SyncBatchNorm, which is GPU-only), so runs at different world sizes agree only on a backbone
+# whose output does not depend on the rest of the batch.
+BATCH_INDEPENDENT = "model.backbone='benchmarks.backbones:mlp_without_batchnorm'"
+
 
 def megaclass(*args, timeout=240, env=None):
     return subprocess.run(

@@ -13,7 +13,13 @@ import torch
 
 from megaclass.train import CheckpointError, NonFiniteLoss, load_config, train
 from tests.distributed.harness import free_port, run_ranks
-from tests.integration.helpers import TINY, megaclass, set_args, step_losses
+from tests.integration.helpers import (
+    BATCH_INDEPENDENT,
+    TINY,
+    megaclass,
+    set_args,
+    step_losses,
+)
 
 
 def test_tiny_default_run_end_to_end(tmp_path):
@@ -75,7 +81,7 @@ def _train_on_ranks(group, run_dir, overrides, resume):
 
 
 def test_two_ranks_equal_one_rank_for_20_steps(tmp_path):
-    overrides = [*TINY, "train.steps=20"]
+    overrides = [*TINY, BATCH_INDEPENDENT, "train.steps=20"]
     run_ranks(1, _train_on_ranks, tmp_path / "one", overrides, False)
     run_ranks(2, _train_on_ranks, tmp_path / "two", overrides, False)
     one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
@@ -85,7 +91,13 @@ def test_two_ranks_equal_one_rank_for_20_steps(tmp_path):
 
 
 def test_checkpoint_of_two_ranks_resumes_on_three(tmp_path):
-    overrides = [*TINY, "train.steps=10", "checkpoint.every=5", "checkpoint.keep=5"]
+    overrides = [
+        *TINY,
+        BATCH_INDEPENDENT,
+        "train.steps=10",
+        "checkpoint.every=5",
+        "checkpoint.keep=5",
+    ]
     run_ranks(2, _train_on_ranks, tmp_path / "two", overrides, False)
     three = tmp_path / "three"
     shutil.copytree(tmp_path / "two", three)

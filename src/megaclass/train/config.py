@@ -198,6 +198,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: only at the end
     patience: int = 0  # evaluations without a better validation score before stopping (0: never)
     threads: int = 0  # torch threads per rank; 0 = torch's default
+    stop_on_collapse: bool = True  # stop when the loss diverges or the embeddings collapse
     seed: int = 0
 
     def __post_init__(self) -> None:

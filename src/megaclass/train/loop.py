@@ -34,6 +34,12 @@ from megaclass.train.checkpoint import (
     save_checkpoint,
 )
 from megaclass.train.config import RunConfig, load_config, to_toml
+from megaclass.train.health import (
+    HealthWatch,
+    TrainingCollapsed,
+    collapse_advice,
+    embedding_spread,
+)
 from megaclass.train.progress import Progress
 
 _MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -187,6 +193,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
     last_metrics: dict = {}
     best: dict = {}  # the best validation score so far: step, metrics (and test then)
     evaluations_since_best = 0
+    health = HealthWatch(opt.warmup_steps, model.head.embedding_dim)
     with _stop_on_signals() as stop_requested:
         for step in range(start, steps):
             lr_scale = _lr_scale(step, steps, opt.warmup_steps)
@@ -200,9 +207,10 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
                 graph_s += _build_graph(model.head, step, progress)
             inputs, labels = model.dataset.train_batch(step, batch, model.local_rows)
             device = model.head.weight.device
-            out = model.head(
-                *_prediction_rows(model.backbone(inputs.to(device)), labels.to(device))
+            embeddings, labels = _prediction_rows(
+                model.backbone(inputs.to(device)), labels.to(device)
             )
+            out = model.head(embeddings, labels)
             loss = out.loss.item()
             if not math.isfinite(loss):
                 kept = [p.name for p in (run_dir / "checkpoints").glob("step-*[0-9]")]
@@ -226,7 +234,9 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
                     "lr": opt.lr * lr_scale,
                     "samples_per_s": window_samples / elapsed,
                     "active_classes": out.num_active,
+                    **embedding_spread(embeddings, model.group),
                 }
+                problem = health.check(done, last_metrics["loss"], last_metrics)
                 if config.train.eval_every and done % config.train.eval_every == 0 and done < steps:
                     head_optimizer.catch_up()
                     last_metrics.update(evaluate(model))
@@ -237,6 +247,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
                         evaluations_since_best += 1
                 if rank0:
                     _append_jsonl(run_dir / "metrics.jsonl", last_metrics)
+                if problem and config.train.stop_on_collapse:
+                    raise TrainingCollapsed(collapse_advice(done, problem, run_dir))
                 window_loss, window_steps, window_samples = 0.0, 0, 0
                 window_began = time.perf_counter()
             progress.update(done, loss=loss)
