@@ -57,14 +57,15 @@ def planned(groups: list[str]) -> dict[str, list[str]]:
                         *args,
                         f"train.steps={steps}",
                     ]
-            for budget in (0.3, 0.6):
-                for head in ("random", "knn"):
-                    runs[f"{source}-50-{head}-budget{budget}"] = [
-                        *data_args(source),
-                        *HEADS[head],
-                        "train.steps=50",
-                        f"head.budget={budget}",
-                    ]
+            for steps in (50, 200):
+                for budget in (0.3, 0.6, 0.9):
+                    for head in ("random", "knn"):
+                        runs[f"{source}-{steps}-{head}-budget{budget}"] = [
+                            *data_args(source),
+                            *HEADS[head],
+                            f"train.steps={steps}",
+                            f"head.budget={budget}",
+                        ]
             runs[f"{source}-50-knn-nobn"] = [
                 *data_args(source),
                 *HEADS["knn"],
