@@ -44,8 +44,9 @@ def tables(runs: dict[str, dict]) -> str:
     """One table per group of runs that share data and steps (their name up to the head)."""
     groups: dict[str, list[str]] = {}
     for name in runs:
-        prefix = name.split("-full")[0].split("-random")[0].split("-knn")[0].split("-ann")[0]
-        groups.setdefault(prefix, []).append(name)
+        parts = name.split("-")  # e.g. taxonomy-5k-50-knn-budget0.3: the group precedes the head
+        head_at = next(i for i, part in enumerate(parts) if part in HEADS)
+        groups.setdefault("-".join(parts[:head_at]), []).append(name)
     out = []
     for prefix, names in groups.items():
         full = runs.get(f"{prefix}-full")
