@@ -168,6 +168,7 @@ class ClassifierHead(nn.Module):
             active_rows=active_rows,
             logit_offsets=None if selection is None else selection.logit_offsets,
             groups=None if selection is None else selection.groups,
+            row_grad_scale=_drawn_rows_step(selection),
         )
         loss = sharded_cross_entropy(queries, self.weight, all_labels, spec)
         return HeadOutput(loss=loss, num_active=num_active, num_samples=sum(sizes))
@@ -437,6 +438,25 @@ class ClassifierHead(nn.Module):
                 f"outside the valid range [0, {self.num_classes}); use ignore_index="
                 f"{self.ignore_index} for samples that should not count"
             )
+
+
+def _drawn_rows_step(selection: Selection | None) -> torch.Tensor | None:
+    """[A] factors of the active rows' weight gradient: each drawn row's draw rate (exp of minus
+    its logit offset), 1 for rows chosen outright; None without drawn rows.
+
+    A drawn row's corrected logit makes it stand for ``n / d`` classes, so that the embeddings'
+    gradient estimates the full softmax's; its own gradient is then ``n / d`` times the push the
+    full softmax would give it this step, unbiased over draws but applied at once, from where the
+    row is now. Under the full softmax that push comes a step at a time and shrinks as the row
+    moves away (its probability falls); at once, it overshoots, and rows drawn often end far from
+    their own samples. So each drawn row takes this step's push only (``d / n`` of the corrected
+    gradient), while the embeddings keep the corrected softmax (measured in
+    ``benchmarks/results/stability.md``: without it a larger budget scored worse than a smaller
+    one). Sample groups (``ANN`` with a uniform draw) keep their corrected gradient.
+    """
+    if selection is None or selection.logit_offsets is None or selection.groups is not None:
+        return None
+    return torch.exp(-selection.logit_offsets)
 
 
 def _pad_columns(values: torch.Tensor, k: int, fill: float) -> torch.Tensor:

@@ -31,6 +31,7 @@ class ShardSpec:
     active_rows: torch.Tensor | None = None  # sorted rows of ``weight`` scored; None: all
     logit_offsets: torch.Tensor | None = None  # [A] fp32 added to the active rows' logits
     groups: SampleGroups | None = None  # with active rows: each group's columns (and offsets)
+    row_grad_scale: torch.Tensor | None = None  # [A] fp32: the active rows' weight gradient x
 
 
 def sharded_cross_entropy(
@@ -50,7 +51,8 @@ def sharded_cross_entropy(
     (with active rows) is added to the logits of each active row, its target logits excepted:
     the sampled-softmax correction (see ``megaclass.samplers.Selection``). With ``spec.groups``
     each group of samples is scored over its own columns of the active rows only (its softmax
-    runs over those, on every shard), with the groups' own offsets.
+    runs over those, on every shard), with the groups' own offsets. ``spec.row_grad_scale`` (with
+    active rows) multiplies each active row's weight gradient (see ``ClassifierHead``).
 
     Collectives on ``spec.group`` (forward only): those of ``logsumexp_across``, i.e. one
     all_reduce MAX of [B] and one all_reduce SUM of [2, B]. The backward pass communicates nothing.
@@ -112,6 +114,8 @@ class _ShardedCrossEntropy(torch.autograd.Function):
                 grad_scored.index_add_(0, block.columns, block_scored)
         if any(block.lse.kept_exp is not None for block in ctx.blocks):
             ctx.blocks = None  # consumed
+        if spec.row_grad_scale is not None:
+            grad_scored.mul_(spec.row_grad_scale[:, None].to(grad_scored.dtype))
         if spec.active_rows is None:
             grad_weight = grad_scored
         else:
