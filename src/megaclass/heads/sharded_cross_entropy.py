@@ -31,7 +31,7 @@ class ShardSpec:
     active_rows: torch.Tensor | None = None  # sorted rows of ``weight`` scored; None: all
     logit_offsets: torch.Tensor | None = None  # [A] fp32 added to the active rows' logits
     groups: SampleGroups | None = None  # with active rows: each group's columns (and offsets)
-    row_grad_scale: torch.Tensor | None = None  # [A] fp32: the active rows' weight gradient x
+    row_grad_scale: torch.Tensor | None = None  # [A] fp32 factors of the active rows' gradients
 
 
 def sharded_cross_entropy(

@@ -35,9 +35,10 @@ class Selection:
         fill: of the ``n`` rows of the shard that were not chosen outright, ``d`` were drawn, and
         each drawn row stands for ``n / d`` of them, so its logits get ``log(n / d)`` added (0 for
         chosen rows). The sum of exponentials over the active rows is then an unbiased estimate
-        of the sum over the whole shard, and a drawn negative gets, on average over draws, the
-        gradient that the full softmax gives it. Without the correction the fill's negatives
-        count ``d / n`` times too little.
+        of the sum over the whole shard, and the embeddings get, on average over draws, the
+        gradient that the full softmax gives them. Without the correction the fill's negatives
+        count ``d / n`` times too little. (A drawn row's own gradient is then taken at ``d / n``
+        of its corrected value: see ``ClassifierHead``.)
     """
 
     rows: torch.Tensor
