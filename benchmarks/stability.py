@@ -6,7 +6,7 @@ synthetic catalogue and on the taxonomy feature files (``megaclass.data.taxonomy
 
 Groups (default: all, in this order): ``balanced`` (5,000 balanced classes of both generators,
 50 and 200 steps, and budgets), ``tail`` (10^5 classes of both generators, 300 steps, 10%
-budget), ``grid`` (10^5 taxonomy classes, 100 steps: learning rate x head x backbone). Every run
+budget), ``long`` (10^5 taxonomy classes, 1,000 steps), ``grid`` (10^5 taxonomy classes, 100 steps: learning rate x head x backbone). Every run
 uses ``head.matmul_dtype = "fp32"`` and 1 thread, two runs side by side. A run whose summary
 exists is not run again. Writes benchmarks/results/stability-runs.md and stability.png (the plot
 needs matplotlib).
@@ -97,6 +97,15 @@ def planned(groups: list[str]) -> dict[str, list[str]]:
                 "train.eval_every=50",
                 *WITHOUT_BN,
             ]
+    if "long" in groups:
+        for head in ("full", "ann", "random", "knn"):
+            runs[f"taxonomy-100k-1000-{head}"] = [
+                *data_args("taxonomy-100k"),
+                *HEADS[head],
+                "head.budget=0.1",
+                "train.steps=1000",
+                "train.eval_every=100",
+            ]
     if "grid" in groups:
         for lr in (0.05, 0.2, 0.5):
             for backbone, extra in (("bn", []), ("nobn", WITHOUT_BN)):
@@ -155,7 +164,7 @@ def summarize() -> None:
 
 
 if __name__ == "__main__":
-    groups = sys.argv[1:] or ["balanced", "tail", "grid"]
+    groups = sys.argv[1:] or ["balanced", "tail", "long", "grid"]
     RUNS.mkdir(parents=True, exist_ok=True)
     make_data()
     with ThreadPoolExecutor(2) as pool:

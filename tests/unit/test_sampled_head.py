@@ -8,6 +8,7 @@ import torch
 import megaclass
 from megaclass import margins, samplers
 from megaclass.optim import SparseSGD
+from megaclass.optim.sparse_sgd import MAX_LAG
 from tests.reference import ALL_MARGINS, DIM, NUM_CLASSES, reference_loss
 from tests.reference import sampled_problem as _problem
 
@@ -95,27 +96,38 @@ def test_random_keeps_all_positives_beyond_the_rate():
     ids=str,
 )
 def test_sparse_sgd_equals_dense_sgd_with_zero_gradients_elsewhere(settings):
-    """Each step touches other rows; a step leaves the rows it does not touch bit for bit, and
-    after catch_up() every row is where torch.optim.SGD puts it with zeros for untouched rows."""
+    """Each step touches other rows under a decaying learning rate; a step writes only the rows
+    it touches and its slice of rows brought up to date, and after catch_up() every row is where
+    torch.optim.SGD puts it with zeros for untouched rows. Rows lag at most MAX_LAG steps."""
     g = torch.Generator().manual_seed(0)
-    weight = torch.randn(50, 4, generator=g)
+    num_rows, steps = 300, 2 * MAX_LAG + 20
+    weight = torch.randn(num_rows, 4, generator=g)
     sparse_param = torch.nn.Parameter(weight.clone())
     dense_param = torch.nn.Parameter(weight.clone())
     sparse_opt = SparseSGD([sparse_param], lr=0.1, **settings)
     dense_opt = torch.optim.SGD([dense_param], lr=0.1, **settings)
-    for _ in range(20):
-        rows = torch.randperm(50, generator=g)[:6].sort().values
+    for step in range(steps):
+        for opt in (sparse_opt, dense_opt):
+            opt.param_groups[0]["lr"] = 0.1 * (0.5 + 0.5 * math.cos(math.pi * step / steps))
+        rows = torch.randperm(num_rows // 2, generator=g)[:6].sort().values  # half never touched
         values = torch.randn(6, 4, generator=g)
         sparse_param.grad = torch.sparse_coo_tensor(
-            rows[None], values, (50, 4), check_invariants=True
+            rows[None], values, (num_rows, 4), check_invariants=True
         )
-        dense_param.grad = torch.zeros(50, 4).index_copy_(0, rows, values)
+        dense_param.grad = torch.zeros(num_rows, 4).index_copy_(0, rows, values)
         before = sparse_param.detach().clone()
         sparse_opt.step()
         dense_opt.step()
-        untouched = torch.ones(50, dtype=torch.bool).index_fill_(0, rows, False)
-        assert torch.equal(sparse_param[untouched], before[untouched])
         assert torch.allclose(sparse_param[rows], dense_param[rows], rtol=1e-5, atol=1e-6)
+        if settings["momentum"] or settings.get("weight_decay"):
+            part = (step + 1) % MAX_LAG
+            rows = torch.cat(
+                [rows, torch.arange(part * num_rows // MAX_LAG, (part + 1) * num_rows // MAX_LAG)]
+            )
+            state = sparse_opt.state[sparse_param]
+            assert int((state["step"] - state["last_step"]).max()) <= MAX_LAG
+        written = torch.zeros(num_rows, dtype=torch.bool).index_fill_(0, rows, True)
+        assert torch.equal(sparse_param[~written], before[~written])
     sparse_opt.catch_up()
     assert torch.allclose(sparse_param, dense_param, rtol=1e-5, atol=1e-6)
 
@@ -139,7 +151,8 @@ def test_sparse_sgd_row_norm_keeps_the_rows_it_writes_at_that_norm():
         with torch.no_grad():
             twin.mul_(0.3 / twin.norm(dim=1, keepdim=True))
     assert torch.allclose(sparse_param[rows], twin, rtol=1e-5, atol=1e-7)
-    untouched = torch.ones(30, dtype=torch.bool).index_fill_(0, rows, False)
+    untouched = sparse_opt.state[sparse_param]["last_step"] == 0  # nor brought up to date
+    assert int(untouched.sum()) >= 30 - 3 - 4 * math.ceil(30 / MAX_LAG)
     assert torch.equal(sparse_param[untouched], weight[untouched])
     sparse_opt.catch_up()  # brings every row up to date, at the norm
     assert torch.allclose(sparse_param.norm(dim=1), torch.full((30,), 0.3))

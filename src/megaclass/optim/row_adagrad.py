@@ -29,6 +29,8 @@ class RowAdaGrad(RowSparseOptimizer):
     exactly as they are (no decay, no accumulator change). A dense gradient touches every row.
     """
 
+    ROW_STATE = ("sum_sq",)
+
     def __init__(
         self,
         params: nn.Module | Iterable[torch.Tensor],

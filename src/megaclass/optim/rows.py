@@ -12,8 +12,12 @@ class RowSparseOptimizer(torch.optim.Optimizer):
     """Base of the optimizers that update only the rows a gradient touches.
 
     ``params`` may be a module (its parameters) or tensors. Subclasses define
-    ``_update(param, grad, group)``.
+    ``_update(param, grad, group)`` and name their per-row state in ``ROW_STATE`` (tensors
+    [num_rows, ...] that a checkpoint reshards with the rows); the rest of their state is the
+    same for every shard.
     """
+
+    ROW_STATE: tuple[str, ...] = ()
 
     def __init__(self, params: nn.Module | Iterable[torch.Tensor], defaults: dict) -> None:
         if isinstance(params, nn.Module):

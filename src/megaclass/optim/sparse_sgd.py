@@ -15,6 +15,8 @@ from megaclass.optim.rows import (
     write_rows,
 )
 
+MAX_LAG = 128  # steps a row may lag: every step brings 1 / MAX_LAG of the rows up to date
+
 
 class SparseSGD(RowSparseOptimizer):
     """SGD with momentum, weight decay and optional Nesterov, for row-sparse gradients.
@@ -33,9 +35,14 @@ class SparseSGD(RowSparseOptimizer):
     with a zero gradient: its momentum keeps carrying it and decays, and weight decay shrinks it.
     So a row seen once every ten steps travels as far as under dense SGD, not ten times less
     (with momentum 0.9, a gradient moves a row by 10 x lr x g in all, 1 x lr x g of it at once).
-    The catch-up is exact when the learning rate was constant over the missed steps; otherwise
-    it uses the current one. ``catch_up()`` brings every row up to date (before evaluating or
-    exporting the weights). A step's cost stays proportional to its active rows.
+    The catch-up follows the learning rate of each missed step: the optimizer keeps the rates of
+    its last ``MAX_LAG`` steps (``state[p]["lr_history"]``) and each step also brings
+    ``1 / MAX_LAG`` of the rows up to date (a fixed slice in turn), so that no row lags longer.
+    A catch-up that used the current rate instead lost most of the momentum of rare rows while
+    the rate decays (see ``benchmarks/results/stability.md``). ``catch_up()`` brings every row
+    up to date (before evaluating or exporting the weights); catching up never changes where a
+    row goes, only when it gets there. A step's cost stays proportional to its active rows
+    (plus ``num_rows / MAX_LAG``).
 
     row_norm (> 0, for parameters of 2 or more dimensions): after each update, the rows it wrote
     are rescaled to this norm. For a head whose logits see only each row's direction (cosine
@@ -48,6 +55,8 @@ class SparseSGD(RowSparseOptimizer):
     The momentum buffer (``state[p]["momentum_buffer"]``) is ``torch.optim.SGD``'s; the step
     count is ``state[p]["step"]`` (a 0-dim tensor).
     """
+
+    ROW_STATE = ("momentum_buffer", "last_step")
 
     def __init__(
         self,
@@ -84,12 +93,11 @@ class SparseSGD(RowSparseOptimizer):
         rows, values = touched_rows(grad)
         lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
         weights = read_rows(param, rows)
-        buffer = None
-        if momentum or decay:
-            state = self._row_state(param, group)
+        state = self._row_state(param, group) if momentum or decay else None
+        if state is not None:
             buffer = state.get("momentum_buffer")
             momenta = None if buffer is None else read_rows(buffer, rows)
-            self._catch_up_rows(state, rows, weights, momenta, group)
+            self._catch_up(state, group, weights, momenta, read_rows(state["last_step"], rows))
             state["step"] += 1
             write_rows(state["last_step"], rows, state["step"].int().expand(len(values)))
         step = values.add(weights, alpha=decay) if decay else values
@@ -100,6 +108,13 @@ class SparseSGD(RowSparseOptimizer):
         weights.add_(step, alpha=-lr)
         rescale_rows(weights, None, group["row_norm"])
         write_rows(param, rows, weights)
+        if state is not None:
+            history = state["lr_history"]
+            state["lr_history"] = torch.cat([history[1:], history.new_tensor([lr])])
+            if rows is not None:  # a dense gradient leaves no row behind
+                part, n = int(state["step"]) % MAX_LAG, len(param)
+                lagging = slice(part * n // MAX_LAG, (part + 1) * n // MAX_LAG)
+                self._catch_up_rows(param, state, group, lagging)
 
     @torch.no_grad()
     def catch_up(self) -> None:
@@ -108,9 +123,7 @@ class SparseSGD(RowSparseOptimizer):
             for param in group["params"]:
                 state = self.state.get(param, {})
                 if "last_step" in state:
-                    self._catch_up_rows(state, None, param, state.get("momentum_buffer"), group)
-                    state["last_step"].fill_(int(state["step"]))
-                    rescale_rows(param, None, group["row_norm"])
+                    self._catch_up_rows(param, state, group, slice(None))
 
     def _row_state(self, param: torch.Tensor, group: dict) -> dict:
         state = self.state[param]
@@ -120,14 +133,24 @@ class SparseSGD(RowSparseOptimizer):
             state["last_step"] = torch.full(
                 param.shape[:1], int(state["step"]), dtype=torch.int32, device=param.device
             )
+        if "lr_history" not in state:  # as if the learning rate had been constant until now
+            state["lr_history"] = torch.full((MAX_LAG,), float(group["lr"]), dtype=torch.float64)
         if group["momentum"] and "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(param)
         return state
 
-    def _catch_up_rows(self, state: dict, rows, weights, momenta, group: dict) -> None:
-        """Advance, in place, the weights [n, D] and momenta (or None) of rows [n] (None: all)
-        over the steps each missed since ``state["last_step"]``."""
-        missed = int(state["step"]) - read_rows(state["last_step"], rows)  # [n]
+    def _catch_up_rows(self, param: torch.Tensor, state: dict, group: dict, rows: slice) -> None:
+        """Bring ``param[rows]`` up to date, at the norm."""
+        weights, last_step = param[rows], state["last_step"][rows]
+        buffer = state.get("momentum_buffer")
+        self._catch_up(state, group, weights, None if buffer is None else buffer[rows], last_step)
+        last_step.fill_(int(state["step"]))
+        rescale_rows(weights, None, group["row_norm"])
+
+    def _catch_up(self, state: dict, group: dict, weights, momenta, last_step) -> None:
+        """Advance, in place, the weights [n, D] and momenta [n, D] (or None) of rows last
+        updated at steps ``last_step`` [n] over the steps each has missed since."""
+        missed = int(state["step"]) - last_step  # [n]
         if bool((missed < 0).any()):
             raise RuntimeError(
                 f"SparseSGD state is inconsistent: rows were last updated at step "
@@ -136,11 +159,12 @@ class SparseSGD(RowSparseOptimizer):
             )
         if not bool(missed.any()):
             return
-        # The missed-step counts take few distinct values: one matrix power per value (the
-        # identity for rows that missed none), applied to every row in place.
+        # The missed-step counts take few distinct values: one map per value (the identity for
+        # rows that missed none), applied to every row in place.
         counts, which = missed.unique(return_inverse=True)
+        maps = _idle_steps_maps(counts.tolist(), state["lr_history"].tolist(), group)
         (ww, wb), (bw, bb) = [
-            [entry[which][:, None] for entry in row] for row in _idle_steps_matrix(counts, group)
+            [maps[:, i, j].to(weights.device)[which][:, None] for j in range(2)] for i in range(2)
         ]
         if momenta is None:
             weights.mul_(ww)
@@ -153,35 +177,44 @@ class SparseSGD(RowSparseOptimizer):
             weights.mul_(ww).add_(carried)
 
 
-def _idle_steps_matrix(missed: torch.Tensor, group: dict) -> list[list[torch.Tensor]]:
-    """The 2x2 linear map of (weight, momentum) over ``missed`` [n] steps with zero gradient.
+def _idle_steps_maps(missed: list[int], lrs: list[float], group: dict) -> torch.Tensor:
+    """The linear maps of (weight, momentum) over the last ``m`` steps with zero gradient, for
+    each ``m`` in ``missed`` (ascending): float32 [len(missed), 2, 2].
 
-    One such step of ``torch.optim.SGD`` is, with lr, m (momentum), wd (weight decay):
+    One such step of ``torch.optim.SGD`` at learning rate lr is, with m (momentum) and wd
+    (weight decay):
         buf' = m * buf + wd * w
         w'   = w - lr * buf'                          = (1 - lr wd) w - lr m buf
         w'   = w - lr * (wd * w + m * buf')  (Nesterov) = (1 - lr wd (1 + m)) w - lr m^2 buf
-    Its ``missed``-th power, by repeated squaring: entries [n] in float32.
+    ``lrs`` are the learning rates of the last steps, oldest first; a row lags at most
+    ``len(lrs)`` steps (``MAX_LAG``), except in state saved before the history was kept, whose
+    older steps take the oldest learning rate known.
     """
-    lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
-    if group["nesterov"]:
-        step = [[1 - lr * wd * (1 + m), -lr * m * m], [wd, m]]
-    else:
-        step = [[1 - lr * wd, -lr * m], [wd, m]]
-    one, zero = (
-        torch.ones_like(missed, dtype=torch.float64),
-        torch.zeros_like(missed, dtype=torch.float64),
+    m, wd, nesterov = group["momentum"], group["weight_decay"], group["nesterov"]
+
+    def one_step(lr: float) -> tuple[float, float, float, float]:
+        if nesterov:
+            return (1 - lr * wd * (1 + m), -lr * m * m, wd, m)
+        return (1 - lr * wd, -lr * m, wd, m)
+
+    maps, product, done = [], (1.0, 0.0, 0.0, 1.0), 0
+    for count in missed:
+        while done < min(count, len(lrs)):  # the product of the newest `done` steps
+            product = _matmul_2x2(product, one_step(lrs[-1 - done]))
+            done += 1
+        older = count - done  # > 0 only in state saved before the history was kept
+        older_map = torch.linalg.matrix_power(
+            torch.tensor(one_step(lrs[0]), dtype=torch.float64).view(2, 2), older
+        )
+        maps.append(torch.tensor(product, dtype=torch.float64).view(2, 2) @ older_map)
+    return torch.stack(maps).float()
+
+
+def _matmul_2x2(a: tuple, b: tuple) -> tuple[float, float, float, float]:
+    """a @ b for 2x2 matrices given row-major as 4 floats."""
+    return (
+        a[0] * b[0] + a[1] * b[2],
+        a[0] * b[1] + a[1] * b[3],
+        a[2] * b[0] + a[3] * b[2],
+        a[2] * b[1] + a[3] * b[3],
     )
-    power = [[one, zero], [zero, one]]
-    remaining = missed.clone()
-    while bool(remaining.any()):
-        odd = (remaining & 1).bool()
-        times = _matmul_2x2(power, step)
-        power = [[torch.where(odd, times[i][j], power[i][j]) for j in range(2)] for i in range(2)]
-        step = _matmul_2x2(step, step)
-        remaining >>= 1
-    return [[entry.float() for entry in row] for row in power]
-
-
-def _matmul_2x2(a: list, b: list) -> list:
-    """a @ b for 2x2 matrices given as nested lists (of floats or of tensors [n])."""
-    return [[a[i][0] * b[0][j] + a[i][1] * b[1][j] for j in range(2)] for i in range(2)]

@@ -26,6 +26,7 @@ from megaclass.functional import margins
 from megaclass.heads import ClassifierHead
 from megaclass.models import SASRec, build_backbone
 from megaclass.optim import RowAdaGrad, SparseSGD
+from megaclass.optim.rows import RowSparseOptimizer
 from megaclass.train.checkpoint import (
     HeadShard,
     TrainingState,
@@ -175,7 +176,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
             backbone_optimizer.state_dict(),
             {
                 "steps_since_graph": model.head.steps_since_graph,
-                "optimizer_counts": _head_optimizer_counts(model.head, head_optimizer),
+                "optimizer_shared": _head_optimizer_shared(model.head, head_optimizer),
             },
         )
         shard = _head_shard(model.head, head_optimizer)
@@ -482,7 +483,7 @@ def build_backbone_optimizer(config: RunConfig, backbone: torch.nn.Module):
     )
 
 
-def build_head_optimizer(config: RunConfig, head: ClassifierHead) -> torch.optim.Optimizer:
+def build_head_optimizer(config: RunConfig, head: ClassifierHead) -> RowSparseOptimizer:
     """Row-sparse: with a sampler it touches only the active rows (see ``megaclass.optim``)."""
     opt = config.optim
     if opt.head_optimizer == "rowadagrad":
@@ -496,15 +497,11 @@ def build_head_optimizer(config: RunConfig, head: ClassifierHead) -> torch.optim
     )
 
 
-def _head_shard(head: ClassifierHead, optimizer: torch.optim.Optimizer) -> HeadShard:
+def _head_shard(head: ClassifierHead, optimizer: RowSparseOptimizer) -> HeadShard:
     """This rank's per-class state for a checkpoint: optimizer rows, KNN graph and label
     counts, generator."""
     state = optimizer.state.get(head.weight, {})
-    rows = {
-        f"optim.{name}": value
-        for name, value in state.items()
-        if torch.is_tensor(value) and value.dim() >= 1 and len(value) == head.num_local
-    }
+    rows = {f"optim.{name}": state[name] for name in optimizer.ROW_STATE if name in state}
     if head.knn_graph is not None:
         rows["knn_graph"] = head.knn_graph
     if head.frequent_classes is not None:
@@ -512,15 +509,18 @@ def _head_shard(head: ClassifierHead, optimizer: torch.optim.Optimizer) -> HeadS
     return HeadShard(rows, head.sampling_generator.get_state())
 
 
-def _head_optimizer_counts(head: ClassifierHead, optimizer: torch.optim.Optimizer) -> dict:
-    """The head optimizer's scalar state (SparseSGD's step count), the same on every rank."""
+def _head_optimizer_shared(head: ClassifierHead, optimizer: RowSparseOptimizer) -> dict:
+    """The head optimizer's state that is the same on every rank (SparseSGD's step count and
+    learning-rate history)."""
     state = optimizer.state.get(head.weight, {})
-    return {name: int(v) for name, v in state.items() if torch.is_tensor(v) and v.dim() == 0}
+    return {name: value for name, value in state.items() if name not in optimizer.ROW_STATE}
 
 
 def _restore_head(head, optimizer, state: TrainingState, shard: HeadShard) -> None:
-    for name, count in state.head.get("optimizer_counts", {}).items():
+    for name, count in state.head.get("optimizer_counts", {}).items():  # format 2
         optimizer.state[head.weight][name] = torch.tensor(count)
+    for name, value in state.head.get("optimizer_shared", {}).items():
+        optimizer.state[head.weight][name] = value
     for name, rows in shard.rows.items():
         if name.startswith("optim."):
             optimizer.state[head.weight][name.removeprefix("optim.")] = rows
