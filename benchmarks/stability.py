@@ -6,7 +6,8 @@ synthetic catalogue and on the taxonomy feature files (``megaclass.data.taxonomy
 
 Groups (default: all, in this order): ``balanced`` (5,000 balanced classes of both generators,
 50 and 200 steps, and budgets), ``tail`` (10^5 classes of both generators, 300 steps, 10%
-budget), ``long`` (10^5 taxonomy classes, 1,000 steps), ``grid`` (10^5 taxonomy classes, 100 steps: learning rate x head x backbone). Every run
+budget), ``long`` (10^5 taxonomy classes, 1,000 steps), ``grid`` (10^5 taxonomy classes, 100
+steps: learning rate x head x backbone). Every run
 uses ``head.matmul_dtype = "fp32"`` and 1 thread, two runs side by side. A run whose summary
 exists is not run again. Writes benchmarks/results/stability-runs.md and stability.png (the plot
 needs matplotlib).

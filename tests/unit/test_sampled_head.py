@@ -7,8 +7,7 @@ import torch
 
 import megaclass
 from megaclass import margins, samplers
-from megaclass.optim import SparseSGD
-from megaclass.optim.sparse_sgd import MAX_LAG
+from megaclass.optim import SparseSGD, sparse_sgd
 from tests.reference import ALL_MARGINS, DIM, NUM_CLASSES, reference_loss
 from tests.reference import sampled_problem as _problem
 
@@ -95,10 +94,13 @@ def test_random_keeps_all_positives_beyond_the_rate():
     ],
     ids=str,
 )
-def test_sparse_sgd_equals_dense_sgd_with_zero_gradients_elsewhere(settings):
+def test_sparse_sgd_equals_dense_sgd_with_zero_gradients_elsewhere(settings, monkeypatch):
     """Each step touches other rows under a decaying learning rate; a step writes only the rows
     it touches and its slice of rows brought up to date, and after catch_up() every row is where
-    torch.optim.SGD puts it with zeros for untouched rows. Rows lag at most MAX_LAG steps."""
+    torch.optim.SGD puts it with zeros for untouched rows. Rows lag at most MAX_LAG steps (made
+    small here so that the run goes past it twice)."""
+    monkeypatch.setattr(sparse_sgd, "MAX_LAG", 32)
+    MAX_LAG = sparse_sgd.MAX_LAG
     g = torch.Generator().manual_seed(0)
     num_rows, steps = 300, 2 * MAX_LAG + 20
     weight = torch.randn(num_rows, 4, generator=g)
@@ -152,7 +154,7 @@ def test_sparse_sgd_row_norm_keeps_the_rows_it_writes_at_that_norm():
             twin.mul_(0.3 / twin.norm(dim=1, keepdim=True))
     assert torch.allclose(sparse_param[rows], twin, rtol=1e-5, atol=1e-7)
     untouched = sparse_opt.state[sparse_param]["last_step"] == 0  # nor brought up to date
-    assert int(untouched.sum()) >= 30 - 3 - 4 * math.ceil(30 / MAX_LAG)
+    assert int(untouched.sum()) >= 30 - 3 - 4 * math.ceil(30 / sparse_sgd.MAX_LAG)
     assert torch.equal(sparse_param[untouched], weight[untouched])
     sparse_opt.catch_up()  # brings every row up to date, at the norm
     assert torch.allclose(sparse_param.norm(dim=1), torch.full((30,), 0.3))

@@ -15,7 +15,7 @@ from megaclass.optim.rows import (
     write_rows,
 )
 
-MAX_LAG = 128  # steps a row may lag: every step brings 1 / MAX_LAG of the rows up to date
+MAX_LAG = 1024  # steps a row may lag: each step brings 1 / MAX_LAG of the rows up to date
 
 
 class SparseSGD(RowSparseOptimizer):
