@@ -61,17 +61,32 @@ def plot(runs: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (curves, losses) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, (short, long, grid) = plt.subplots(1, 3, figsize=(17, 4.8))
     for name, run in runs.items():
-        if not name.startswith("taxonomy-100k-300") and not name.startswith("synthetic-100k-300"):
+        axes = {"100k-300": short, "100k-1000": long}.get(name.split("-", 1)[-1].rsplit("-", 1)[0])
+        if axes is None or not run["curve"] or "nobn" in name:
             continue
         style = "--" if name.startswith("synthetic") else "-"
-        if run["curve"]:
-            curves.plot(*zip(*run["curve"], strict=True), style, label=name)
-        losses.plot(*zip(*run["losses"], strict=True), style, label=name)
-    curves.set(xlabel="step", ylabel="held-out top-1", title="10^5 classes, 10% budget")
-    losses.set(xlabel="step", ylabel="training loss (window mean)", yscale="log")
-    curves.legend(fontsize=7)
+        axes.plot(*zip(*run["curve"], strict=True), style, label=name)
+    short.set(xlabel="step", ylabel="held-out top-1", title="10^5 classes, 300 steps, 10% budget")
+    long.set(xlabel="step", ylabel="held-out top-1", title="10^5 taxonomy classes, 1,000 steps")
+    for head in HEADS:
+        for backbone, style in (("bn", "-o"), ("nobn", "--x")):
+            points = [
+                (float(name.split("-")[1].removeprefix("lr")), run["top1"])
+                for name, run in runs.items()
+                if name.startswith("grid-") and name.endswith(f"-{backbone}-{head}")
+            ]
+            if points:
+                grid.plot(*zip(*sorted(points), strict=True), style, label=f"{head}, {backbone}")
+    grid.set(
+        xlabel="learning rate",
+        ylabel="held-out top-1",
+        xscale="log",
+        title="10^5 taxonomy classes, 100 steps (nobn: old MLP)",
+    )
+    for axes in (short, long, grid):
+        axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
