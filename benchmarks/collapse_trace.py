@@ -36,14 +36,13 @@ def main(overrides: list[str]) -> None:
     backbone_opt = loop.build_backbone_optimizer(config, model.backbone)
     head_opt = loop.build_head_optimizer(config, model.head)
     opt = config.optim
+    model.head.refresh_sampler()
     print("step loss cosine rank rows_cosine label_cosine backbone_grad")
     for step in range(config.train.steps):
         scale = loop._lr_scale(step, config.train.steps, opt.warmup_steps)
         for optimizer, base in ((backbone_opt, opt.lr), (head_opt, opt.head_lr or opt.lr)):
             for group in optimizer.param_groups:
                 group["lr"] = base * scale
-        if model.head.class_index_due():
-            model.head.rebuild_class_index()
         inputs, labels = model.dataset.train_batch(step, config.train.batch_size)
         embeddings = model.backbone(inputs)  # [B, D]
         out = model.head(embeddings, labels)
@@ -57,6 +56,7 @@ def main(overrides: list[str]) -> None:
             grad = torch.cat([p.grad.reshape(-1) for p in model.backbone.parameters()]).norm()
         backbone_opt.step()
         head_opt.step()
+        model.head.refresh_sampler()
         print(
             f"{step} {out.loss.item():.2f} {spread['embedding_cosine']:.3f} "
             f"{spread['embedding_rank']:.1f} {mean_pairwise_cosine(rows[labels.unique()]):.3f} "

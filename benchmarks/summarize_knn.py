@@ -28,7 +28,7 @@ def main(folder: Path) -> None:
     print("benchmarks/accuracy.sh runs it at 10^6 classes: 96 per sample, nprobe 32, the best")
     print("1,000 by Hamming distance re-ranked exactly, index rebuilt every 100 steps (its build")
     print("amortised in the last column). Every megaclass head keeps the memory it frees")
-    print("(`megaclass.allocator`; naive, plain PyTorch, runs with glibc's default malloc); the")
+    print("(`megaclass.process`; naive, plain PyTorch, runs with glibc's default malloc); the")
     print("last table compares that with glibc's default.\n")
     machine = None
     print("## 1,000,000 classes, dim 128, batch 1024, 10% budget\n")

@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
         "--system-malloc",
         action="store_true",
         help="leave glibc's malloc as it is for every head (default: megaclass heads keep "
-        "freed memory, megaclass.allocator; naive never)",
+        "freed memory, megaclass.process; naive never)",
     )
     heads.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     heads.add_argument("--json", default=None, metavar="OUT", help="write the records here")
@@ -127,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _bench_graph(args: argparse.Namespace) -> int:
     from megaclass.bench import graph as bench_graph
+    from megaclass.process import tune_process
+
+    tune_process(keep_freed=False, huge_pages=True)
 
     config = bench_graph.GraphBenchConfig(
         num_classes=args.num_classes,
@@ -144,6 +147,9 @@ def _bench_graph(args: argparse.Namespace) -> int:
 
 def _bench_heads(args: argparse.Namespace) -> int:
     from megaclass.bench import heads as bench_heads
+    from megaclass.process import tune_process
+
+    tune_process(keep_freed=False, huge_pages=True)  # each head keeps freed memory or not
 
     config = bench_heads.HeadBenchConfig(
         num_classes=args.num_classes,
@@ -189,6 +195,7 @@ def _report(table: str, records: list[dict], path: str | None) -> int:
 def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from megaclass.process import tune_process
     from megaclass.train import load_config, train
 
     if args.resume:
@@ -206,6 +213,7 @@ def _train(args: argparse.Namespace) -> int:
                 f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose "
                 "another --run-dir"
             )
+    tune_process(keep_freed=True, huge_pages=True)  # train() sets train.threads itself
     train(config, run_dir, resume=bool(args.resume))
     return 0
 

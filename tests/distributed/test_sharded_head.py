@@ -158,8 +158,10 @@ def test_exact_top5_over_shards_equals_dense_top5():
         assert torch.equal(torch.cat([ids for _, ids in per_rank]), want)
 
 
-def _sampled_step(group, sampler, margin):
-    """Loss, embedding grad, dense weight grad, active global ids and the head, on one rank."""
+def _sampled_step(group, sampler, margin, warm_up=False):
+    """Loss, embedding grad, dense weight grad, active global ids and the head (its sampler
+    refreshed after the step), on one rank; ``warm_up``: a training forward pass and a refresh
+    before (so that a sampler counting labels has counts)."""
     rank, world_size = group.rank(), group.size()
     x, y, w = _global_problem()
     head = megaclass.ClassifierHead(
@@ -168,9 +170,14 @@ def _sampled_step(group, sampler, margin):
     start, stop = head.class_range
     with torch.no_grad():
         head.weight.copy_(w[start:stop])
+    head.refresh_sampler()
     local_x = x[_local_rows(rank, world_size)].clone().requires_grad_()
+    if warm_up:
+        head(local_x, y[_local_rows(rank, world_size)])
+        head.refresh_sampler()
     out = head(local_x, y[_local_rows(rank, world_size)])
     out.loss.backward()
+    head.refresh_sampler()
     grad = head.weight.grad.coalesce()
     return out, local_x.grad, grad.to_dense(), grad.indices()[0] + start, head
 
@@ -208,12 +215,14 @@ def _knn_case(group, budget, build="exact", frequent_share=0.0, k=5, walk_k=0, f
         walk_k=walk_k,
         fill=fill,
     )
-    out, grad_x, grad_w, active, head = _sampled_step(group, sampler, margins.CosFace(scale=16.0))
+    out, grad_x, grad_w, active, head = _sampled_step(
+        group, sampler, margins.CosFace(scale=16.0), warm_up=walk_k > 0
+    )
     counts = frequent_ids = None
-    if head.frequent_classes is not None:
-        counts = head.frequent_classes.counts
-        frequent_ids = head.frequent_classes.rows + head.class_range[0]
-    return out.loss.detach(), grad_x, grad_w, active, head.knn_graph, counts, frequent_ids
+    if head.sampler.frequent is not None:
+        counts = head.sampler.frequent.counts
+        frequent_ids = head.sampler.frequent.rows + head.class_range[0]
+    return out.loss.detach(), grad_x, grad_w, active, head.sampler.graph, counts, frequent_ids
 
 
 def test_knn_on_three_ranks_counts_every_label_on_its_own_shard():

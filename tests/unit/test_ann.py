@@ -14,20 +14,21 @@ from tests.reference import sampled_problem as _problem
 
 
 def _recording_head(margin, sampler, w):
-    """A head whose ANN selections are recorded in ``head.selections``."""
+    """A head whose selections are recorded in ``head.selections``, its sampler refreshed."""
     head = megaclass.ClassifierHead(
         NUM_CLASSES, DIM, margin=margin, sampler=sampler, chunk_size=100
     )
     with torch.no_grad():
         head.weight.copy_(w)
+    head.refresh_sampler()
     head.selections = []
-    select = head._ann_rows
+    select = head.sampler.select
 
     def recorded(*args):
         head.selections.append(select(*args))
         return head.selections[-1]
 
-    head._ann_rows = recorded
+    head.sampler.select = recorded
     return head
 
 
@@ -120,7 +121,7 @@ def test_exact_search_scores_each_sample_over_its_own_best_classes():
         (sample,) = members.tolist()
         want = set(best[sample].tolist()) | ({int(y[sample])} if y[sample] >= 0 else set())
         assert set(selection.rows[columns].tolist()) == want
-    assert head.ann_index is None and not head.class_index_due()
+    assert head.sampler.index is None and head.sampler.rebuild_due() is None
 
 
 def test_the_index_follows_the_optimizer_and_is_rebuilt_on_schedule():
@@ -128,17 +129,19 @@ def test_the_index_follows_the_optimizer_and_is_rebuilt_on_schedule():
     head = _recording_head(margins.CosFace(16.0, 0.2), samplers.ANN(k=30, refresh_every=3), w)
     optimizer = SparseSGD(head, lr=0.5)
     indexes = []
-    for _ in range(4):
+    for step in range(4):
+        if step:
+            head.refresh_sampler()
         head(x, y).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        indexes.append(head.ann_index)
+        indexes.append(head.sampler.index)
     assert indexes[0] is indexes[1] is indexes[2] and indexes[3] is not indexes[2]
-    # Between rebuilds, the rows a step updated are re-encoded before the next search.
+    # Between rebuilds, the rows a step updated are re-encoded by the next refresh.
     moved = head.selections[3].rows
     assert not torch.equal(indexes[3].encode(head.weight.detach()[moved]), indexes[3].codes[moved])
-    head(x, y)
-    assert head.ann_index is indexes[3]
+    head.refresh_sampler()
+    assert head.sampler.index is indexes[3]
     assert torch.equal(indexes[3].codes[moved], indexes[3].encode(head.weight.detach()[moved]))
 
 

@@ -23,9 +23,9 @@ def _save(run_dir, step, head, keep=3):
     )
     rows = {
         "optim.momentum_buffer": torch.full_like(head.weight, step),
-        "knn_graph": torch.arange(head.class_range[0], head.class_range[1])[:, None].int(),
+        "sampler.graph": torch.arange(head.class_range[0], head.class_range[1])[:, None].int(),
     }
-    shard = HeadShard(rows, head.sampling_generator.get_state())
+    shard = HeadShard(rows, {"sampler.generator": head.sampler.generator.get_state()})
     return save_checkpoint(run_dir, state, head, shard, keep)
 
 
@@ -45,16 +45,16 @@ def test_only_the_newest_are_kept(tmp_path):
 
 
 def test_weights_row_state_and_generator_round_trip(tmp_path):
-    head = megaclass.ClassifierHead(50, 4, seed=1)
-    head.sampling_generator.manual_seed(123)
+    head = megaclass.ClassifierHead(50, 4, sampler=megaclass.samplers.Random(0.5), seed=1)
+    head.sampler.generator.manual_seed(123)
     folder = _save(tmp_path, 7, head)
     other = megaclass.ClassifierHead(50, 4, seed=2)
     state, shard = load_checkpoint(folder, other)
     assert state.step == 7 and torch.equal(other.weight, head.weight)
     assert state.head == {"steps_since_graph": 3}
     assert torch.equal(shard.rows["optim.momentum_buffer"], torch.full_like(head.weight, 7))
-    assert torch.equal(shard.rows["knn_graph"], torch.arange(50)[:, None].int())
-    assert torch.equal(shard.generator, head.sampling_generator.get_state())
+    assert torch.equal(shard.rows["sampler.graph"], torch.arange(50)[:, None].int())
+    assert torch.equal(shard.rank_state["sampler.generator"], head.sampler.generator.get_state())
 
 
 def test_mismatched_and_unknown_checkpoints_are_refused(tmp_path):

@@ -78,6 +78,7 @@ def _head(sampler, weight):
     )
     with torch.no_grad():
         head.weight.copy_(weight)
+    head.refresh_sampler()
     return head
 
 
@@ -94,6 +95,7 @@ def test_knn_with_a_budget_of_all_classes_equals_full(fill):
             xx.grad = None
             out = head(xx, y)
             out.loss.backward()
+            head.refresh_sampler()
         grad = head.weight.grad
         results.append((out.loss, xx.grad, grad.to_dense() if grad.is_sparse else grad))
     for a, b in zip(*results, strict=True):
@@ -118,7 +120,7 @@ def test_a_share_of_the_budget_is_drawn_uniformly_with_corrected_logits(correcti
     positives = torch.tensor([5, 9, 400, 5])
     neighbours = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 10]])  # global ids, nearest first
     chosen = torch.tensor([1, 4, 5, 7, 9, 400])  # labels, then first neighbours, to 9 - 3
-    selection = knn.select(positives, neighbours, 0, NUM_CLASSES, 9, torch.Generator())
+    selection = knn.choose(positives, neighbours, 0, NUM_CLASSES, 9, torch.Generator())
     assert len(selection.rows) == 9 and torch.isin(chosen, selection.rows).all()
     if not correction:
         assert selection.logit_offsets is None
@@ -134,7 +136,7 @@ def test_frequent_classes_come_after_the_labels_and_before_the_neighbours():
     positives = torch.tensor([5, 9, 400, 5])
     neighbours = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 10]])  # global ids, nearest first
     frequent = torch.tensor([9, 30, 31, 32])  # a label among them counts once
-    selection = knn.select(positives, neighbours, 0, NUM_CLASSES, 9, torch.Generator(), frequent)
+    selection = knn.choose(positives, neighbours, 0, NUM_CLASSES, 9, torch.Generator(), frequent)
     assert selection.rows.tolist() == [1, 4, 5, 7, 9, 30, 31, 32, 400]
 
 
@@ -145,7 +147,7 @@ def test_walked_classes_come_after_the_frequent_ones_best_first_over_samples():
     walked = torch.tensor([[40, 41], [50, -1], [40, 60]])  # 3 samples, best first
     ranked = [5, 30, 40, 50, 41, 60, 1, 2, 3]  # labels, frequent, walked (1sts, 2nds), graph
     for budget in (4, 8):
-        rows = knn.select(
+        rows = knn.choose(
             positives, neighbours, 0, NUM_CLASSES, budget, torch.Generator(), frequent, walked
         ).rows
         assert rows.tolist() == sorted(ranked[:budget])
@@ -203,18 +205,21 @@ def test_head_counts_training_labels_and_scores_the_most_frequent_classes():
     for _ in range(4):
         y = torch.cat([common, torch.randint(0, NUM_CLASSES, (8,), generator=g)])
         head(torch.randn(len(y), DIM, generator=g), y).loss.backward()
+        head.refresh_sampler()
         labels.append(y)
     seen = torch.bincount(torch.cat(labels), minlength=NUM_CLASSES)
-    assert torch.equal(head.frequent_classes.counts, seen)
-    assert set(common.tolist()) <= set(head.frequent_classes.rows.tolist())
+    assert torch.equal(head.sampler.frequent.counts, seen)
+    assert set(common.tolist()) <= set(head.sampler.frequent.rows.tolist())
     head.weight.grad = None
     y = torch.tensor([3, 4])  # frequent classes are scored even when the batch lacks them
     head(torch.randn(2, DIM, generator=g), y).loss.backward()
+    head.refresh_sampler()
     active = set(head.weight.grad.coalesce().indices()[0].tolist())
     assert set(common.tolist()) | {3, 4} <= active
     with torch.no_grad():
         head(torch.randn(2, DIM, generator=g), y)  # evaluation counts nothing
-    assert int(head.frequent_classes.counts.sum()) == len(torch.cat(labels)) + 2
+    head.refresh_sampler()
+    assert int(head.sampler.frequent.counts.sum()) == len(torch.cat(labels)) + 2
 
 
 def test_head_scores_every_samples_best_classes_found_by_a_walk():
@@ -225,6 +230,8 @@ def test_head_scores_every_samples_best_classes_found_by_a_walk():
     )
     head = _head(knn, weight)  # a complete graph: the walks find the exact best classes
     x, y = torch.randn(16, DIM, generator=g), torch.randint(0, NUM_CLASSES, (16,), generator=g)
+    head(x, y)  # a first training step: its labels' counts give the walks their entries
+    head.refresh_sampler()
     head(x, y).loss.backward()
     active = set(head.weight.grad.coalesce().indices()[0].tolist())
     cosines = F.normalize(x, dim=1) @ F.normalize(weight, dim=1).t()
@@ -244,15 +251,16 @@ def test_small_budgets_fill_with_random_classes_and_keep_labels():
 def test_graph_is_rebuilt_every_refresh_steps():
     head = _head(samplers.KNN(k=3, budget=0.05, refresh_every=2), torch.randn(NUM_CLASSES, DIM))
     x, y = torch.randn(8, DIM), torch.randint(0, NUM_CLASSES, (8,))
-    head(x, y)
-    first = head.knn_graph
+    first = head.sampler.graph  # built by the first refresh
     with torch.no_grad():
         head.weight.normal_()
     head(x, y)
-    assert head.knn_graph is first  # within refresh_every
+    head.refresh_sampler()
+    assert head.sampler.graph is first  # within refresh_every
     head(x, y)
-    assert not torch.equal(head.knn_graph, first)
-    assert torch.equal(head.knn_graph, brute_force_graph(head.weight.detach(), 3))
+    head.refresh_sampler()
+    assert not torch.equal(head.sampler.graph, first)
+    assert torch.equal(head.sampler.graph, brute_force_graph(head.weight.detach(), 3))
 
 
 @pytest.mark.parametrize(

@@ -77,7 +77,8 @@ def test_random_sampling_scores_labels_plus_random_classes_with_sparse_gradients
 
 
 def test_random_keeps_all_positives_beyond_the_rate():
-    chosen = samplers.Random(0.01).select(torch.arange(50), 1000, torch.Generator().manual_seed(0))
+    head = megaclass.ClassifierHead(1000, DIM, sampler=samplers.Random(0.01))
+    chosen = head.sampler.select(torch.arange(50), torch.zeros(50, DIM), head.weight, True)
     assert torch.equal(chosen.rows, torch.arange(50)) and chosen.logit_offsets is None
     with pytest.raises(ValueError, match="rate"):
         samplers.Random(0.0)

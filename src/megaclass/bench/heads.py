@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megaclass.allocator import keep_freed_memory
 from megaclass.bench.machine import machine_info
 from megaclass.functional import margins
+from megaclass.process import keep_freed_memory
 
 HEADS = ("naive", "full", "random", "knn", "ann")
 OPTIMIZERS = ("sgd", "rowadagrad")
@@ -73,7 +73,7 @@ class HeadBenchConfig:
     ann_uniform: float = 0.0  # ann: share of the classes drawn per step for every group
     optimizer: str = "sgd"  # random, knn, ann
     threads: int | None = None
-    keep_freed_memory: bool = True  # megaclass heads, see megaclass.allocator; never naive
+    keep_freed_memory: bool = True  # megaclass heads, see megaclass.process; never naive
     device: str = "cpu"
     seed: int = 0
 
@@ -249,28 +249,28 @@ def _head_step(config: HeadBenchConfig, head_name: str, device: torch.device, ex
     else:
         optimizer = SparseSGD(head, lr=0.1, momentum=0.9)
     if head_name == "knn":
-        seconds = _timed(head.rebuild_class_index, device)
+        seconds = _timed(head.refresh_sampler, device)
         extra["graph_build_s"] = seconds
         extra["graph_build"] = "ivf" if sampler.uses_ivf(config.num_classes) else "exact"
         extra["graph_ms_per_step_amortised"] = seconds * 1e3 / config.refresh_every
     if head_name == "ann" and config.ann_search == "ivf":
-        seconds = _timed(head.rebuild_class_index, device)
+        seconds = _timed(head.refresh_sampler, device)
         extra["index_build_s"] = seconds
-        extra["ann_backend"] = head.ann_index.backend
+        extra["ann_backend"] = head.sampler.index.backend
         extra["index_ms_per_step_amortised"] = seconds * 1e3 / config.refresh_every
     if head_name == "ann":
         extra["ann_search"] = config.ann_search
         extra["retrieval_s"] = []
-        retrieve = head._ann_rows
+        retrieve = head.sampler.select
 
-        def timed_retrieval(*args):  # the head's retrieval, timed on its own
+        def timed_retrieval(*args):  # the sampler's retrieval and grouping, timed on its own
             began = time.perf_counter()
             selection = retrieve(*args)
             _synchronize(device)
             extra["retrieval_s"].append(time.perf_counter() - began)
             return selection
 
-        head._ann_rows = timed_retrieval
+        head.sampler.select = timed_retrieval
 
     def step(embeddings, labels):
         optimizer.zero_grad(set_to_none=True)
@@ -278,6 +278,7 @@ def _head_step(config: HeadBenchConfig, head_name: str, device: torch.device, ex
         out = head(embeddings, labels)
         out.loss.backward()
         optimizer.step()
+        head.refresh_sampler()
         extra["num_active"] = out.num_active
 
     return step

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -20,14 +19,10 @@ from megaclass.distributed import (
 from megaclass.functional import shard_topk
 from megaclass.functional.margins import Margin, Softmax
 from megaclass.heads.sharded_cross_entropy import ShardSpec, sharded_cross_entropy
-from megaclass.index import BinaryIVF, build_ivf_knn_graph, build_knn_graph
-from megaclass.samplers import ANN, KNN, Full, Random, Sampler, Selection
-from megaclass.samplers.frequent import FrequentClasses
-from megaclass.samplers.walk import walk_graph
+from megaclass.samplers import Full, Sampler, Selection, Shard
 
 _KEPT_LOGITS_MAX = 1 << 27  # elements (512 MB in fp32) of sampled logits kept for backward
 _INIT_STD = 0.01
-_WALK_ENTRY_POOL = 4096  # most frequent classes a KNN graph walk may start from (all scored)
 _INIT_BLOCK = 1 << 16  # rows drawn per seeded block, so a shard's init is independent of world size
 
 
@@ -63,7 +58,10 @@ class ClassifierHead(nn.Module):
     Args:
         margin: ``Softmax()`` (default), ``NormSoftmax``, ``CosFace``, ``ArcFace``,
             ``CombinedMargin``.
-        sampler: which classes are scored; ``Full()`` (default) scores all of them.
+        sampler: which classes are scored, a ``megaclass.samplers.Sampler``: ``Full()``
+            (default) scores all of them; ``Random``, ``KNN``, ``ANN`` or your own. A sampler
+            that keeps a graph or an index needs ``refresh_sampler()`` before the first training
+            step and after each optimizer step.
         chunk_size: classes per chunk of logits; logits are recomputed in backward, so memory is
             O(batch x chunk_size). ``None`` forms all logits at once and keeps them for backward.
         matmul_dtype: dtype of the matrix products (``torch.bfloat16`` uses AMX/AVX-512-BF16 or
@@ -102,10 +100,10 @@ class ClassifierHead(nn.Module):
                 f"matmul_dtype must be float32, bfloat16 or float16, got {matmul_dtype}"
             )
         sampler = Full() if sampler is None else sampler
-        if not isinstance(sampler, Full | Random | KNN | ANN):
+        if not isinstance(sampler, Sampler):
             raise ValueError(
-                f"sampler {sampler!r} is not supported; available: Full(), Random(rate), "
-                "KNN(...), ANN(...)"
+                f"sampler {sampler!r} is not a megaclass.samplers.Sampler; available: Full(), "
+                "Random(rate), KNN(...), ANN(...), or a subclass of Sampler"
             )
         self.num_classes = num_classes
         self.embedding_dim = embedding_dim
@@ -123,17 +121,20 @@ class ClassifierHead(nn.Module):
         self.weight = nn.Parameter(  # [num_local, D]
             _initial_rows(start, stop, embedding_dim, seed).to(device=device, dtype=dtype)
         )
-        # Class sampling: the same draws for the same (seed, rank) in every run.
-        self.sampling_generator = torch.Generator().manual_seed(seed * 1_000_003 + self.rank)
-        self.knn_graph: torch.Tensor | None = None  # [num_local, k] int32 global ids (KNN only)
-        self.frequent_classes = (  # KNN with a frequent share or a frequency fill only
-            FrequentClasses(self.num_local, device, stratify=sampler.fill == "frequency")
-            if isinstance(sampler, KNN) and sampler.counts_labels()
-            else None
+        sampler.bind(
+            Shard(
+                num_classes,
+                self.class_range,
+                process_group,
+                self.rank,
+                self.world_size,
+                self.weight.device,
+                seed,
+                self.margin.normalize,
+                chunk_size,
+                matmul_dtype,
+            )
         )
-        self.ann_index: BinaryIVF | None = None  # this shard's classes (ANN only)
-        self._rows_to_reindex: torch.Tensor | None = None  # ANN: rows the last step updated
-        self.steps_since_graph = 0  # training steps since the graph or index was built
 
     @property
     def num_local(self) -> int:
@@ -185,153 +186,28 @@ class ClassifierHead(nn.Module):
     ) -> tuple[Selection | None, int]:
         """This shard's sampled rows (None: all) and the number of active classes of all ranks.
 
-        Collective on ``process_group`` when sampling: one all_reduce (SUM) of a scalar.
+        Collective on ``process_group`` when sampling: one all_reduce (SUM) of a scalar, besides
+        the sampler's own (see its ``select``).
         """
-        if isinstance(self.sampler, Full):
-            return None, self.num_classes
         start, stop = self.class_range
         owned = (all_labels >= start) & (all_labels < stop) & (all_labels != self.ignore_index)
-        positives = all_labels[owned] - start
-        if isinstance(self.sampler, KNN):
-            active = self._knn_rows(positives, torch.where(owned, all_labels - start, -1), queries)
-        elif isinstance(self.sampler, ANN):
-            active = self._ann_rows(torch.where(owned, all_labels - start, -1), queries)
-        else:
-            active = self.sampler.select(positives, self.num_local, self.sampling_generator)
+        labels = torch.where(owned, all_labels - start, -1)  # [B] local rows
+        active = self.sampler.select(
+            labels, queries.detach(), self.weight.detach(), torch.is_grad_enabled()
+        )
+        if active is None:
+            return None, self.num_classes
         total = torch.tensor([len(active.rows)], dtype=torch.int64, device=self.weight.device)
         if self.process_group is not None:
             dist.all_reduce(total, group=self.process_group)
         return active, int(total)
 
-    def class_index_due(self) -> bool:
-        """Whether the next training step (re)builds the class graph (KNN) or index (ANN)."""
-        if isinstance(self.sampler, KNN):
-            built = self.knn_graph is not None
-        elif isinstance(self.sampler, ANN) and self.sampler.search == "ivf":
-            built = self.ann_index is not None
-        else:
-            return False
-        return not built or self.steps_since_graph >= self.sampler.refresh_every
-
-    def rebuild_class_index(self) -> None:
-        """Rebuild the class KNN graph (collective: every rank) or this shard's ANN index from
-        the current weights (nothing for an exact-search ANN, which has no index)."""
-        if isinstance(self.sampler, ANN) and self.sampler.search == "exact":
-            return
-        if isinstance(self.sampler, ANN):
-            self.ann_index = BinaryIVF(
-                self.sampler.num_bits,
-                self.sampler.num_lists,
-                self.sampler.rotation,
-                seed=self.seed * 1_000_003 + self.rank,
-                matmul_dtype=self.matmul_dtype,
-                backend=self.sampler.backend,
-            ).build(self.weight)
-            self._rows_to_reindex = None
-            self.steps_since_graph = 0
-            return
-        settings = {"chunk_size": self.chunk_size or 8192, "matmul_dtype": self.matmul_dtype}
-        if self.sampler.uses_ivf(self.num_classes):
-            build = functools.partial(
-                build_ivf_knn_graph, nprobe=self.sampler.nprobe, seed=self.seed, **settings
-            )
-        else:
-            build = functools.partial(build_knn_graph, **settings)
-        self.knn_graph = build(self.weight, self.num_classes, self.sampler.k, self.process_group)
-        self.steps_since_graph = 0
-
-    def _knn_rows(
-        self, positives: torch.Tensor, sample_labels: torch.Tensor, queries: torch.Tensor
-    ) -> Selection:
-        """Labels (+ frequent classes, + each sample's classes found by a walk of the graph) +
-        graph neighbours of every label of the batch, fitted to the budget.
-
-        positives [n]: local rows of the labels this shard owns; sample_labels [B]: each
-        sample's label as a local row, -1 where another shard owns it; queries [B, D].
-
-        Collectives on ``process_group``: an all_gather of one int and one of the neighbour
-        lists [labels owned, k] of every rank; graph rebuilds as in ``build_knn_graph``.
-        """
-        if self.class_index_due():
-            self.rebuild_class_index()
-        budget = self.sampler.local_budget(self.num_classes, self.num_local)
-        frequent = self.frequent_classes
-        if torch.is_grad_enabled():
-            self.steps_since_graph += 1
-            if frequent is not None:
-                frequent.count(positives)
-                if self.steps_since_graph & (self.steps_since_graph - 1) == 0:  # 1, 2, 4, ...
-                    frequent.refresh(self.sampler.local_frequent(budget))
-        walked = None
-        if self.sampler.walk_k > 0 and len(frequent.rows) > 0:
-            walked = walk_graph(
-                queries,
-                sample_labels,
-                frequent.entries(_WALK_ENTRY_POOL),
-                self.weight.detach(),
-                self.knn_graph,
-                self.class_range[0],
-                self.sampler.walk_k,
-            )
-        mine = self.knn_graph[positives].long()  # [n_own, k]
-        sizes = [n for (n,) in all_gather_ints([len(mine)], self.process_group)]
-        neighbours = gather_rows(mine, sizes, self.process_group)  # [n_all, k]
-        return self.sampler.select(
-            positives,
-            neighbours,
-            self.class_range[0],
-            self.num_local,
-            budget,
-            self.sampling_generator,
-            None if frequent is None else frequent.rows,
-            walked,
-            None if frequent is None else frequent.strata,
-        )
-
-    def _ann_rows(self, positives: torch.Tensor, queries: torch.Tensor) -> Selection:
-        """Classes of this shard retrieved for every sample of the global batch, with the
-        batch's labels, in groups of samples (see ``ANN``).
-
-        positives [B]: each sample's label as a local row, -1 where another shard owns it;
-        queries [B, D]. No collective: every rank searches its own shard.
-        """
-        k = self.sampler.local_k(self.num_classes, self.num_local)
-        search = self._exact_search if self.sampler.search == "exact" else self._index_search
-        retrieved, keys = search(queries, k)
-        selection = self.sampler.select(
-            positives, retrieved, keys, self.num_local, self.sampling_generator
-        )
-        if torch.is_grad_enabled() and self.sampler.search == "ivf":
-            self.steps_since_graph += 1
-            self._rows_to_reindex = selection.rows
-        return selection
-
-    def _exact_search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every sample's k best rows of this shard, scored exactly: queries [B, D] -> (rows
-        [B, k], grouping keys [B]: each sample's best row)."""
-        rows = shard_topk(
-            queries.detach(),
-            self.weight.detach(),
-            k,
-            normalize=self.margin.normalize,
-            chunk_size=self.chunk_size,
-            matmul_dtype=self.matmul_dtype,
-        )[1]
-        return rows, rows[:, 0]
-
-    def _index_search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every sample's k rows of this shard found by the ``BinaryIVF`` index (kept fresh and
-        rebuilt on schedule): queries [B, D] -> (rows [B, k], -1 padded; grouping keys [B]:
-        each sample's nearest coarse list)."""
-        if self.class_index_due():
-            self.rebuild_class_index()
-        elif self._rows_to_reindex is not None:
-            self.ann_index.update(self._rows_to_reindex)  # the optimizer has moved them since
-        probes = self.ann_index.assign(queries, self.sampler.nprobe)  # [B, nprobe]
-        rows = self.ann_index.search(
-            queries, k, self.sampler.nprobe, self.sampler.rerank, probes=probes
-        )[1]
-        return rows, probes[:, 0]
+    @torch.no_grad()
+    def refresh_sampler(self) -> None:
+        """Let the sampler take in the training steps since the last call and rebuild its graph
+        or index when due (see ``Sampler.refresh``; collective on ``process_group`` when the
+        sampler's is). Call it before the first training step and after each optimizer step."""
+        self.sampler.refresh(self.weight.detach())
 
     def lookup(self, class_ids: torch.Tensor) -> torch.Tensor:
         """The weights of ``class_ids`` (global ids, any shape, rows of any shard) -> [*shape, D],

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-
 from torch import nn
+
+from megaclass.plugins import load_object
 
 
 class MLP(nn.Module):
@@ -40,11 +40,7 @@ def build_backbone(
     ``input_dim=..., embedding_dim=...`` and must return an ``nn.Module``."""
     if spec == "mlp":
         return MLP(input_dim, embedding_dim, hidden_dim, num_layers)
-    module_name, _, factory_name = spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), factory_name)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"cannot load backbone factory {spec!r}: {error}") from None
+    factory = load_object(spec, "backbone factory")
     model = factory(input_dim=input_dim, embedding_dim=embedding_dim)
     if not isinstance(model, nn.Module):
         raise ValueError(f"backbone factory {spec!r} returned {type(model).__name__}, not a Module")

@@ -7,15 +7,17 @@ from dataclasses import dataclass
 
 import torch
 
-from megaclass.index.binary_ivf import BACKENDS, ROTATIONS
+from megaclass.functional import shard_topk
+from megaclass.index.binary_ivf import BACKENDS, ROTATIONS, BinaryIVF
+from megaclass.samplers.base import Sampler, Shard
 from megaclass.samplers.selection import SampleGroups, Selection
 from megaclass.samplers.uniform import fill_offsets, fill_uniform
 
 SEARCHES = ("ivf", "exact")
 
 
-@dataclass(frozen=True)
-class ANN:
+@dataclass
+class ANN(Sampler):
     """Each sample retrieves the classes whose weights score highest against its embedding (its
     hardest negatives) from a ``megaclass.index.BinaryIVF`` of the class weights (or, with
     ``search="exact"``, by scoring them all); samples are grouped and each group is scored over
@@ -45,10 +47,8 @@ class ANN:
         every sample, chunk by chunk (one more [B, C_local] matrix product per step, no index,
         no grouping lists: samples are grouped by their best class). Exact retrieval finds
         each sample's dominant rows, which a 128-bit code ranks poorly among near-equal
-        candidates; its cost grows with the shard: cheap at 10^5 classes, but at 10^6 (1,024
-        samples, 2 CPU threads, bf16) its retrieval alone takes 2.3 s, a third of the full
-        softmax's step, where the index with ``nprobe=32, rerank=1000`` takes the whole step
-        to 0.13x of full's, 0.28 points of held-out top-1 below it (README, accuracy).
+        candidates; its cost grows with the shard (measured in
+        ``benchmarks/results/accuracy.md`` and ``ann-recall.md``).
     uniform: share of each shard drawn uniformly once per step and scored by every group beside
         its candidates. Retrieval alone gives each sample only its hardest negatives, so the
         softmax never sees the rest of the catalogue; the draw stands for it: for a group with
@@ -56,6 +56,11 @@ class ANN:
         get ``log((n - c) / d)`` added to their logits (as ``Random``'s correction, see
         ``Selection``), so the group's sum of exponentials is an unbiased estimate of the sum
         over the whole shard. 0: retrieval only.
+
+    State (``state_dict``): the training steps since the index was built. The index itself is
+    not saved: ``refresh`` rebuilds it after a resume. No collective: each rank searches and
+    indexes its own shard; ``refresh`` builds the index before the first step and every
+    ``refresh_every`` steps, and in between re-encodes the rows each training step scored.
     """
 
     k: int = 256
@@ -93,7 +98,94 @@ class ANN:
         """Classes each sample retrieves from a shard of ``num_local`` classes."""
         return min(num_local, math.ceil(self.k * num_local / num_classes))
 
+    def bind(self, shard: Shard) -> None:
+        super().bind(shard)
+        self.index: BinaryIVF | None = None  # this shard's classes ("ivf" search)
+        self.steps_since_index = 0
+        self.trained_rows: list[torch.Tensor] = []  # rows scored by the steps since refresh
+
     def select(
+        self, labels: torch.Tensor, queries: torch.Tensor, weight: torch.Tensor, training: bool
+    ) -> Selection:
+        """Classes of this shard retrieved for every sample of the global batch, with the
+        batch's labels, in groups of samples (see ``Sampler``). No collective."""
+        k = self.local_k(self.shard.num_classes, self.shard.num_local)
+        search = self._exact_search if self.search == "exact" else self._index_search
+        retrieved, keys = search(queries, weight, k)
+        selection = self.group(labels, retrieved, keys, self.shard.num_local, self.generator)
+        if training:
+            self.trained_rows.append(selection.rows)
+        return selection
+
+    def refresh(self, weight: torch.Tensor) -> None:
+        """Build the index when due, else re-encode the rows the trained steps scored."""
+        if self.search == "exact":
+            return
+        trained, self.trained_rows = self.trained_rows, []
+        self.steps_since_index += len(trained)
+        if self.rebuild_due():
+            shard = self.shard
+            self.index = BinaryIVF(
+                self.num_bits,
+                self.num_lists,
+                self.rotation,
+                seed=shard.seed * 1_000_003 + shard.rank,
+                matmul_dtype=shard.matmul_dtype,
+                backend=self.backend,
+            ).build(weight)
+            self.steps_since_index = 0
+        elif trained:
+            self.index.update(torch.cat(trained).unique())
+
+    def rebuild_due(self) -> str | None:
+        if self.search == "exact":
+            return None
+        steps = self.steps_since_index + len(self.trained_rows)
+        if self.index is not None and steps < self.refresh_every:
+            return None
+        return f"binary IVF index (per shard, {self.shard.num_classes:,} classes)"
+
+    def _exact_search(
+        self, queries: torch.Tensor, weight: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every sample's k best rows of this shard, scored exactly: queries [B, D] -> (rows
+        [B, k], grouping keys [B]: each sample's best row)."""
+        shard = self.shard
+        rows = shard_topk(
+            queries.detach(),
+            weight,
+            k,
+            normalize=shard.normalize,
+            chunk_size=shard.chunk_size,
+            matmul_dtype=shard.matmul_dtype,
+        )[1]
+        return rows, rows[:, 0]
+
+    def _index_search(
+        self, queries: torch.Tensor, weight: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every sample's k rows of this shard found by the index: queries [B, D] -> (rows
+        [B, k], -1 padded; grouping keys [B]: each sample's nearest coarse list)."""
+        if self.index is None:
+            raise RuntimeError(
+                "ANN has no index yet: call head.refresh_sampler() before the first training "
+                "step and after each optimizer step"
+            )
+        probes = self.index.assign(queries, self.nprobe)  # [B, nprobe]
+        rows = self.index.search(queries, k, self.nprobe, self.rerank, probes=probes)[1]
+        return rows, probes[:, 0]
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        state = super().state_dict()
+        state["shared"]["steps_since_index"] = torch.tensor(self.steps_since_index)
+        return state
+
+    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        super().load_state_dict(state)
+        self.index = None  # rebuilt by the next refresh
+        self.steps_since_index = int(state["shared"].get("steps_since_index", 0))
+
+    def group(
         self,
         positives: torch.Tensor,
         retrieved: torch.Tensor,
@@ -101,7 +193,8 @@ class ANN:
         num_local: int,
         generator: torch.Generator,
     ) -> Selection:
-        """Active rows of this shard and each group's columns of them.
+        """Active rows of this shard and each group's columns of them (the rule of ``select``,
+        given what was retrieved).
 
         positives [B]: local row of each sample's label, -1 where another shard owns it;
         retrieved [B, k]: local rows retrieved for each sample (-1 padded);

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
+from megaclass.distributed import all_gather_ints, gather_rows
+from megaclass.index import build_ivf_knn_graph, build_knn_graph
+from megaclass.samplers.base import Sampler, Shard
+from megaclass.samplers.frequent import FrequentClasses
 from megaclass.samplers.stratified import CountStrata, select_with_count_fill
 from megaclass.samplers.uniform import Selection, first_occurrences, select_with_fill
+from megaclass.samplers.walk import walk_graph
+
+_WALK_ENTRY_POOL = 4096  # most frequent classes a graph walk may start from (all scored)
 
 
-@dataclass(frozen=True)
-class KNN:
+@dataclass
+class KNN(Sampler):
     """A step scores the batch's labels, then (with ``frequent_share``) the shard's most frequent
     training classes so far, then (with ``walk_k``) each sample's best classes found by a walk of
     the class graph, then the labels' neighbours in the class KNN graph (nearest first; the
@@ -35,24 +43,27 @@ class KNN:
         so far (counted on each shard, see ``FrequentClasses``), scored outright. Under
         long-tailed class frequencies the rows of frequent classes dominate the softmax of a
         rarely seen class's samples, and a uniform draw over a tenth of the classes holds them
-        in one step of ten. Held-out top-1 with 0 and 0.5 (300 steps, 10% budget): 0.763 and
-        0.773 at 10^5 classes (full softmax 0.786), 0.648 and 0.656 at 10^6 (full 0.656).
+        in one step of ten (measured in ``benchmarks/results/accuracy.md``).
     fill: how the rest of the budget is drawn from the classes not chosen outright:
         ``"uniform"``, or ``"frequency"``: in proportion to how often each class was a training
         label so far (+ 0.1), stratified by count so that the draw keeps its exact size, each
         drawn class logit-corrected for its stratum (see ``samplers.stratified``). It lowers the
-        variance of the sampled softmax's estimate of the classes left out. On the 10^5-class
-        synthetic catalogue (10% budget, frequent share 0.3, walk_k 8, random share 0.35, 300
-        steps) held-out top-1 was 0.30, 0.44 and 0.50 points below full's with it (seeds 0-2)
-        and 0.88 and 0.70 below with a uniform fill (seeds 0 and 1).
+        variance of the sampled softmax's estimate of the classes left out (measured in
+        ``benchmarks/results/accuracy.md``).
     walk_k: with ``frequent_share``, also score outright each sample's ``walk_k`` best classes
         found by walking the class graph from its label and its best frequent classes (see
         ``walk_graph``), after the frequent classes and before the labels' neighbours: the
         rows that dominate a sample's softmax, which the class graph alone does not hold when
         a class's row is far from its samples (rarely seen classes).
+
+    State (``state_dict``): the graph (``"graph"``, [num_local, k] int32 global ids), the label
+    counts of ``FrequentClasses`` (with a frequent share or a frequency fill) and the training
+    steps since the graph was built. Collectives: ``select`` all_gathers one int and the
+    neighbour lists of the batch's labels; ``refresh`` builds the graph over every rank (see
+    ``build_knn_graph``) when due: before the first step and every ``refresh_every`` steps.
     """
 
-    EXACT_UP_TO: ClassVar[int] = 1 << 17  # exact, 10^5 classes, dim 128, bf16: 29 s on 2 cores
+    EXACT_UP_TO: ClassVar[int] = 1 << 17  # classes up to which the graph is built exactly
 
     k: int = 32
     budget: float = 0.1
@@ -116,7 +127,109 @@ class KNN:
         total = self.budget * num_classes if self.budget <= 1 else min(self.budget, num_classes)
         return min(num_local, round(total * num_local / num_classes))
 
+    def bind(self, shard: Shard) -> None:
+        super().bind(shard)
+        self.graph: torch.Tensor | None = None  # [num_local, k] int32 global ids
+        self.frequent = (
+            FrequentClasses(shard.num_local, shard.device, stratify=self.fill == "frequency")
+            if self.counts_labels()
+            else None
+        )
+        self.steps_since_graph = 0
+        self.trained_positives: list[torch.Tensor] = []  # labels of the steps since refresh
+
     def select(
+        self, labels: torch.Tensor, queries: torch.Tensor, weight: torch.Tensor, training: bool
+    ) -> Selection:
+        """Labels (+ frequent classes, + each sample's classes found by a walk of the graph) +
+        graph neighbours of every label of the batch, fitted to the budget (see ``Sampler``).
+
+        Collectives on the shard's process group: an all_gather of one int and one of the
+        neighbour lists [labels owned, k] of every rank.
+        """
+        if self.graph is None:
+            raise RuntimeError(
+                "KNN has no class graph yet: call head.refresh_sampler() before the first "
+                "training step and after each optimizer step"
+            )
+        shard = self.shard
+        positives = labels[labels >= 0]
+        if training:
+            self.trained_positives.append(positives)
+        budget = self.local_budget(shard.num_classes, shard.num_local)
+        frequent = self.frequent
+        walked = None
+        if self.walk_k > 0 and len(frequent.rows) > 0:
+            entries = frequent.entries(_WALK_ENTRY_POOL)
+            start = shard.class_range[0]
+            walked = walk_graph(queries, labels, entries, weight, self.graph, start, self.walk_k)
+        mine = self.graph[positives].long()  # [n_own, k]
+        sizes = [n for (n,) in all_gather_ints([len(mine)], shard.process_group)]
+        neighbours = gather_rows(mine, sizes, shard.process_group)  # [n_all, k]
+        return self.choose(
+            positives,
+            neighbours,
+            shard.class_range[0],
+            shard.num_local,
+            budget,
+            self.generator,
+            None if frequent is None else frequent.rows,
+            walked,
+            None if frequent is None else frequent.strata,
+        )
+
+    def refresh(self, weight: torch.Tensor) -> None:
+        """Count the trained steps' labels (refreshing the frequent classes in the steps
+        numbered 1, 2, 4, ... since the graph was built) and build the graph when due.
+        Collective when it builds (``build_knn_graph``)."""
+        for positives in self.trained_positives:
+            self.steps_since_graph += 1
+            if self.frequent is not None:
+                self.frequent.count(positives)
+                if self.steps_since_graph & (self.steps_since_graph - 1) == 0:
+                    budget = self.local_budget(self.shard.num_classes, self.shard.num_local)
+                    self.frequent.refresh(self.local_frequent(budget))
+        self.trained_positives = []
+        if self.rebuild_due():
+            self.graph = self._build(weight)
+            self.steps_since_graph = 0
+
+    def rebuild_due(self) -> str | None:
+        steps = self.steps_since_graph + len(self.trained_positives)
+        if self.graph is not None and steps < self.refresh_every:
+            return None
+        how = "IVF" if self.uses_ivf(self.shard.num_classes) else "exact"
+        return f"class graph ({how}, {self.shard.num_classes:,} classes)"
+
+    def _build(self, weight: torch.Tensor) -> torch.Tensor:
+        shard = self.shard
+        settings = {"chunk_size": shard.chunk_size or 8192, "matmul_dtype": shard.matmul_dtype}
+        if self.uses_ivf(shard.num_classes):
+            build = functools.partial(
+                build_ivf_knn_graph, nprobe=self.nprobe, seed=shard.seed, **settings
+            )
+        else:
+            build = functools.partial(build_knn_graph, **settings)
+        return build(weight, shard.num_classes, self.k, shard.process_group)
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        state = super().state_dict()
+        if self.graph is not None:
+            state["class_rows"]["graph"] = self.graph
+        if self.frequent is not None:
+            state["class_rows"].update(self.frequent.state())
+        state["shared"]["steps_since_graph"] = torch.tensor(self.steps_since_graph)
+        return state
+
+    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        super().load_state_dict(state)
+        rows = state["class_rows"]
+        self.graph = rows.get("graph")
+        if self.frequent is not None and "knn_label_counts" in rows:
+            self.frequent.load_state(rows)
+        self.steps_since_graph = int(state["shared"].get("steps_since_graph", 0))
+
+    def choose(
         self,
         positives: torch.Tensor,
         neighbours: torch.Tensor,
@@ -128,7 +241,7 @@ class KNN:
         walked: torch.Tensor | None = None,
         strata: CountStrata | None = None,
     ) -> Selection:
-        """Active rows of this shard.
+        """Active rows of this shard (the rule of ``select``, given what it gathered).
 
         positives [n]: local rows of the batch's labels in this shard (may repeat);
         neighbours [m, k]: global ids of the graph neighbours of every label of the batch

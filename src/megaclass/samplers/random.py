@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
+from megaclass.samplers.base import Sampler
 from megaclass.samplers.uniform import Selection, select_with_fill
 
 
-@dataclass(frozen=True)
-class Random:
+@dataclass
+class Random(Sampler):
     """On each rank: the classes of the global batch that it owns, plus uniformly drawn other
     classes of its shard up to ``rate`` of the shard (Partial FC). A batch whose positives
     already exceed the rate keeps all of them. ``Random(rate=1.0)`` scores every class, exactly
@@ -18,7 +19,7 @@ class Random:
 
     logit_correction: add ``log(n / d)`` to the logits of the ``d`` drawn classes that stand for
         the ``n`` classes not in the batch (see ``Selection``); off, this is Partial FC exactly.
-        At 10^5 classes, 300 steps, 10% rate: held-out top-1 0.665 without, 0.706 with.
+        (Measured in ``benchmarks/results/accuracy.md``.)
     """
 
     rate: float = 0.1
@@ -29,9 +30,10 @@ class Random:
             raise ValueError(f"Random rate must be in (0, 1], got {self.rate}")
 
     def select(
-        self, positives: torch.Tensor, num_local: int, generator: torch.Generator
+        self, labels: torch.Tensor, queries: torch.Tensor, weight: torch.Tensor, training: bool
     ) -> Selection:
-        """Active rows of this shard: positives [n] (local rows, may repeat) -> rows [A]."""
-        positives = positives.unique()
+        """The shard's labels in the batch plus a uniform draw: rows [A] (see ``Sampler``)."""
+        positives = labels[labels >= 0].unique()
+        num_local = self.shard.num_local
         wanted = max(int(self.rate * num_local), len(positives))
-        return select_with_fill(positives, wanted, num_local, generator, self.logit_correction)
+        return select_with_fill(positives, wanted, num_local, self.generator, self.logit_correction)

@@ -4,15 +4,17 @@ Layout of ``RUN_DIR/checkpoints/step-00000100/``:
 - ``meta.json``: step, world size, number of classes, the class range of every shard;
 - ``common.pt``: backbone and backbone-optimizer state (identical on every rank; rank 0 writes it);
 - ``head-00001-of-00003.pt``: one per rank: its class range, weight rows, every other per-class
-  row state (optimizer state such as momentum or AdaGrad accumulators, the KNN graph), keyed by
-  name, and the rank's sampling generator.
+  row state (optimizer state such as momentum or AdaGrad accumulators, a sampler's graph or
+  label counts), keyed by name, and the rank's own state (the sampler's generator).
 
 All ranks write into ``step-00000100.tmp``; once every rank is done, rank 0 writes ``meta.json``
 and renames the folder. A crash at any point leaves the previous complete checkpoint untouched;
 folders without ``meta.json`` or still named ``.tmp`` are never loaded. Loading at another world
 size copies each rank's class rows (weights and row state alike) out of whichever saved shards
-hold them. The sampling generator is restored only at the same world size (at another one each
-rank keeps its fresh generator: the run continues exactly, but not bit for bit).
+hold them. A rank's own state is restored only at the same world size (at another one each rank
+keeps its fresh generator: the run continues exactly, but not bit for bit). The checkpoint does
+not know what the rows are: the training loop names them (``train.loop``), from what the
+optimizer and the sampler declare in their state.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,7 +30,7 @@ import torch.distributed as dist
 
 from megaclass.heads import ClassifierHead
 
-_FORMAT = 2
+_FORMAT = 3
 
 
 class CheckpointError(ValueError):
@@ -42,16 +44,17 @@ class TrainingState:
     step: int
     backbone: dict
     backbone_optimizer: dict
-    head: dict  # replicated head state: ClassifierHead.sampling_state() less its generator
+    head: dict  # the head's state that is the same on every rank (optimizer, sampler)
 
 
 @dataclass(frozen=True)
 class HeadShard:
     """This rank's per-class state: rows named like ``"optim.momentum_buffer"``, each
-    [num_local, ...] (the weights themselves live in the head), and its sampling generator."""
+    [num_local, ...] (the weights themselves live in the head), and its own state (restored only
+    at the same world size)."""
 
     rows: dict[str, torch.Tensor]
-    generator: torch.Tensor | None = None
+    rank_state: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
@@ -85,7 +88,7 @@ def save_checkpoint(
         "class_range": head.class_range,
         "weight": head.weight.detach().cpu(),
         "rows": {name: rows.cpu() for name, rows in shard.rows.items()},
-        "generator": shard.generator,
+        "rank_state": shard.rank_state,
     }
     _save(saved, staging / _shard_name(rank, world_size))
     if rank == 0:
@@ -126,11 +129,11 @@ def load_checkpoint(folder: str | Path, head: ClassifierHead) -> tuple[TrainingS
     start, stop = head.class_range
     weight = torch.empty(stop - start, head.embedding_dim)
     rows: dict[str, torch.Tensor] = {}
-    generator = None
+    rank_state: dict[str, torch.Tensor] = {}
     for saved_rank in range(meta["world_size"]):
         shard = read_file(folder / _shard_name(saved_rank, meta["world_size"]), mmap=True)
         if meta["world_size"] == head.world_size and saved_rank == head.rank:
-            generator = shard["generator"]
+            rank_state = shard["rank_state"]
         lo, hi = shard["class_range"]
         a, b = max(lo, start), min(hi, stop)
         if a >= b:
@@ -150,7 +153,7 @@ def load_checkpoint(folder: str | Path, head: ClassifierHead) -> tuple[TrainingS
         head=common["head"],
     )
     rows = {name: tensor.to(head.weight.device) for name, tensor in rows.items()}
-    return state, HeadShard(rows, generator)
+    return state, HeadShard(rows, rank_state)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
@@ -172,7 +175,10 @@ def _read_meta(folder: Path) -> dict:
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{folder / 'meta.json'} is unreadable: {error}") from None
     if meta.get("format") != _FORMAT:
-        raise CheckpointError(f"{folder} has format {meta.get('format')}, expected {_FORMAT}")
+        raise CheckpointError(
+            f"{folder} has checkpoint format {meta.get('format')}; this megaclass reads format "
+            f"{_FORMAT} (resume it with the version that wrote it)"
+        )
     return meta
 
 

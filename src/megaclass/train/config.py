@@ -89,7 +89,7 @@ class HeadConfig:
     m1: float = 1.0
     m2: float = 0.3
     m3: float = 0.2
-    sampler: str = "knn"  # "knn" (KNN softmax), "ann" (ANN softmax), "random" (Partial FC), "full"
+    sampler: str = "knn"  # "knn", "ann", "random" (Partial FC), "full", or "package.module:Class"
     budget: float = 0.05  # random, knn: active classes, a fraction (<= 1) or a count (knn only)
     knn_k: int = 32  # knn: neighbours per class in the graph
     refresh_every: int = 150  # knn, ann: steps between graph (index) rebuilds
@@ -114,7 +114,8 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         _choice("head.margin", self.margin, MARGINS)
-        _choice("head.sampler", self.sampler, SAMPLERS)
+        if ":" not in self.sampler:  # else a Sampler subclass, made with no arguments
+            _choice("head.sampler", self.sampler, SAMPLERS)
         if self.sampler == "random" and not 0 < self.budget <= 1:
             raise ValueError(f"head.budget must be in (0, 1] for sampler random, got {self.budget}")
         if not self.budget > 0:

@@ -18,7 +18,6 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from megaclass import samplers
-from megaclass.allocator import keep_freed_memory
 from megaclass.data import FeatureFiles, SeqRec, SyntheticCatalog
 from megaclass.data.seqrec import NO_TARGET, ranking_sums
 from megaclass.distributed import shard_range
@@ -27,6 +26,7 @@ from megaclass.heads import ClassifierHead
 from megaclass.models import SASRec, build_backbone
 from megaclass.optim import RowAdaGrad, SparseSGD
 from megaclass.optim.rows import RowSparseOptimizer
+from megaclass.plugins import load_object
 from megaclass.train.checkpoint import (
     HeadShard,
     TrainingState,
@@ -149,7 +149,6 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
     """Train (or continue) a run in ``run_dir``; returns the summary written to summary.json."""
     run_dir = Path(run_dir)
     group = init_distributed()
-    keep_freed_memory()
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     model = build_model(config, group)
@@ -174,10 +173,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
             step,
             _unwrap(model.backbone).state_dict(),
             backbone_optimizer.state_dict(),
-            {
-                "steps_since_graph": model.head.steps_since_graph,
-                "optimizer_shared": _head_optimizer_shared(model.head, head_optimizer),
-            },
+            _head_shared(model.head, head_optimizer),
         )
         shard = _head_shard(model.head, head_optimizer)
         return save_checkpoint(run_dir, state, model.head, shard, config.checkpoint.keep)
@@ -195,6 +191,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
     best: dict = {}  # the best validation score so far: step, metrics (and test then)
     evaluations_since_best = 0
     health = HealthWatch(opt.warmup_steps, model.head.embedding_dim)
+    graph_s += _refresh_sampler(model.head, start, progress)
     with _stop_on_signals() as stop_requested:
         for step in range(start, steps):
             lr_scale = _lr_scale(step, steps, opt.warmup_steps)
@@ -204,8 +201,6 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
             ):
                 for group_ in optimizer.param_groups:
                     group_["lr"] = base * lr_scale
-            if model.head.class_index_due():
-                graph_s += _build_graph(model.head, step, progress)
             inputs, labels = model.dataset.train_batch(step, batch, model.local_rows)
             device = model.head.weight.device
             embeddings, labels = _prediction_rows(
@@ -225,6 +220,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
             backbone_optimizer.step()
             head_optimizer.step()
             done = step + 1
+            if done < steps:  # not after the last step: nothing would use what it rebuilds
+                graph_s += _refresh_sampler(model.head, done, progress)
             window_loss, window_steps = window_loss + loss, window_steps + 1
             window_samples, samples = window_samples + out.num_samples, samples + out.num_samples
             if done % config.train.log_every == 0 or done == steps:
@@ -331,18 +328,18 @@ def _headline(metrics: dict) -> str:
     )
 
 
-def _build_graph(head: ClassifierHead, step: int, progress: Progress) -> float:
-    """Rebuild the head's class graph (ANN: index) before ``step``, with a line saying so; the
-    seconds."""
-    if isinstance(head.sampler, samplers.ANN):
-        what, how = "binary IVF index", "per shard"
-    else:
-        what, how = "class graph", "IVF" if head.sampler.uses_ivf(head.num_classes) else "exact"
-    progress.line(f"step {step}: building the {what} ({how}, {head.num_classes:,} classes)")
+def _refresh_sampler(head: ClassifierHead, step: int, progress: Progress) -> float:
+    """``head.refresh_sampler()`` before ``step``, with a line before and after a rebuild; the
+    seconds a rebuild took (0 without one)."""
+    what = head.sampler.rebuild_due()
+    if what is None:
+        head.refresh_sampler()
+        return 0.0
+    progress.line(f"step {step}: building the {what}")
     began = time.perf_counter()
-    head.rebuild_class_index()
+    head.refresh_sampler()
     seconds = time.perf_counter() - began
-    progress.line(f"step {step}: {what} built in {seconds:.1f} s")
+    progress.line(f"step {step}: {what.split(' (')[0]} built in {seconds:.1f} s")
     return seconds
 
 
@@ -440,8 +437,11 @@ def build_margin(config: RunConfig):
 
 
 def build_sampler(config: RunConfig) -> samplers.Sampler:
-    """The sampler named by ``config.head``."""
+    """The sampler named by ``config.head`` (a ``"package.module:Class"`` made with no
+    arguments)."""
     head = config.head
+    if ":" in head.sampler:
+        return load_object(head.sampler, "sampler")()
     if head.sampler == "random":
         return samplers.Random(head.budget, logit_correction=head.logit_correction)
     if head.sampler == "knn":
@@ -498,39 +498,42 @@ def build_head_optimizer(config: RunConfig, head: ClassifierHead) -> RowSparseOp
 
 
 def _head_shard(head: ClassifierHead, optimizer: RowSparseOptimizer) -> HeadShard:
-    """This rank's per-class state for a checkpoint: optimizer rows, KNN graph and label
-    counts, generator."""
+    """This rank's per-class state for a checkpoint: the optimizer's and the sampler's rows,
+    and the sampler's own rank state (its generator)."""
     state = optimizer.state.get(head.weight, {})
     rows = {f"optim.{name}": state[name] for name in optimizer.ROW_STATE if name in state}
-    if head.knn_graph is not None:
-        rows["knn_graph"] = head.knn_graph
-    if head.frequent_classes is not None:
-        rows.update(head.frequent_classes.state())
-    return HeadShard(rows, head.sampling_generator.get_state())
+    sampler = head.sampler.state_dict()
+    rows.update({f"sampler.{name}": value for name, value in sampler["class_rows"].items()})
+    return HeadShard(rows, {f"sampler.{name}": v for name, v in sampler["rank"].items()})
 
 
-def _head_optimizer_shared(head: ClassifierHead, optimizer: RowSparseOptimizer) -> dict:
-    """The head optimizer's state that is the same on every rank (SparseSGD's step count and
-    learning-rate history)."""
+def _head_shared(head: ClassifierHead, optimizer: RowSparseOptimizer) -> dict:
+    """The head's state that is the same on every rank: the optimizer's (SparseSGD's step count
+    and learning-rate history) and the sampler's."""
     state = optimizer.state.get(head.weight, {})
-    return {name: value for name, value in state.items() if name not in optimizer.ROW_STATE}
+    return {
+        "optimizer": {name: v for name, v in state.items() if name not in optimizer.ROW_STATE},
+        "sampler": head.sampler.state_dict()["shared"],
+    }
 
 
 def _restore_head(head, optimizer, state: TrainingState, shard: HeadShard) -> None:
-    for name, count in state.head.get("optimizer_counts", {}).items():  # format 2
-        optimizer.state[head.weight][name] = torch.tensor(count)
-    for name, value in state.head.get("optimizer_shared", {}).items():
+    for name, value in state.head["optimizer"].items():
         optimizer.state[head.weight][name] = value
     for name, rows in shard.rows.items():
         if name.startswith("optim."):
             optimizer.state[head.weight][name.removeprefix("optim.")] = rows
-        elif name == "knn_graph":
-            head.knn_graph = rows
-    if head.frequent_classes is not None and "knn_label_counts" in shard.rows:
-        head.frequent_classes.load_state(shard.rows)
-    head.steps_since_graph = state.head["steps_since_graph"]
-    if shard.generator is not None:
-        head.sampling_generator.set_state(shard.generator)
+    head.sampler.load_state_dict(
+        {
+            "class_rows": _unprefixed(shard.rows, "sampler."),
+            "shared": state.head["sampler"],
+            "rank": _unprefixed(shard.rank_state, "sampler."),
+        }
+    )
+
+
+def _unprefixed(values: dict, prefix: str) -> dict:
+    return {k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)}
 
 
 def _lr_scale(step: int, steps: int, warmup: int) -> float:

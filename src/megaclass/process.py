@@ -1,4 +1,7 @@
-"""Keeping freed memory in the process, so that the large tensors a step frees are reused.
+"""Process-wide tuning for megaclass's steps: an explicit call (``tune_process``), made by the
+command line and open to a library user; importing megaclass changes nothing in the process.
+
+Keeping freed memory in the process, so that the large tensors a step frees are reused:
 
 glibc's malloc serves allocations above 32 MB with fresh ``mmap`` pages and unmaps them when
 they are freed; the next step's tensor of that size then takes a page fault on every 4 KB page
@@ -10,12 +13,20 @@ trimming it avoids them, at the price that freed memory stays with the process a
 fragment: the peak of the knn step at 10^7 classes with SparseSGD rose from 13.1 to 15.8 GB, and
 plain PyTorch's step at 10^6 classes (4 GB blocks of several lifetimes) grew past 24 GB, which
 is why ``megaclass bench heads`` leaves its ``naive`` head alone.
+
+Transparent huge pages for PyTorch's large CPU allocations (``THP_MEM_ALLOC_ENABLE=1``): a step
+copies tens of MB of class rows, and with 4 KB pages their page faults cost more than the copy
+(measured with ``index_select`` of 100,000 x 128 rows of a 10^6-row table; torch reads the
+variable at its first large allocation, so the call must come before it).
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
+
+import torch
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 _M_MMAP_MAX = -4
@@ -32,3 +43,20 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))
+
+
+def tune_process(threads: int = 0, keep_freed: bool = True, huge_pages: bool = True) -> dict:
+    """Tune this whole process for megaclass, from now on: torch's threads (when > 0),
+    glibc keeping freed memory (``keep_freed``, see ``keep_freed_memory``) and transparent huge
+    pages for torch's large CPU allocations (``huge_pages``, unless ``THP_MEM_ALLOC_ENABLE`` is
+    set already; effective only before torch's first large allocation). Returns what it set."""
+    applied: dict = {}
+    if threads:
+        torch.set_num_threads(threads)
+        applied["threads"] = threads
+    if huge_pages and "THP_MEM_ALLOC_ENABLE" not in os.environ:
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+        applied["huge_pages"] = True
+    if keep_freed:
+        applied["keep_freed_memory"] = keep_freed_memory()
+    return applied
