@@ -64,7 +64,7 @@ def main(overrides: list[str]) -> None:
             flush=True,
         )
     head_opt.catch_up()
-    print(f"held-out: {loop.evaluate(model)}")
+    print(f"held-out: {model.task.evaluate(model)}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from megaclass import samplers
 from megaclass.data import FeatureFiles, SeqRec, SyntheticCatalog
-from megaclass.data.seqrec import NO_TARGET, ranking_sums
 from megaclass.distributed import shard_range
 from megaclass.functional import margins
 from megaclass.heads import ClassifierHead
@@ -42,6 +41,7 @@ from megaclass.train.health import (
     embedding_spread,
 )
 from megaclass.train.progress import Progress
+from megaclass.train.tasks import Classification, NextItem, Task, prediction_rows
 
 _MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -63,6 +63,7 @@ class Model:
     backbone: torch.nn.Module  # DDP-wrapped in a group of more than one rank
     head: ClassifierHead
     group: dist.ProcessGroup | None
+    task: Task  # how the data is evaluated and reported
 
     @property
     def local_rows(self) -> slice:
@@ -90,6 +91,7 @@ def init_distributed() -> dist.ProcessGroup | None:
 
 def build_model(config: RunConfig, group: dist.ProcessGroup | None) -> Model:
     data = config.data
+    task = Classification()
     if data.source == "synthetic":
         dataset = SyntheticCatalog(
             data.num_classes,
@@ -102,6 +104,7 @@ def build_model(config: RunConfig, group: dist.ProcessGroup | None) -> Model:
         )
     elif data.source == "seqrec":
         dataset = SeqRec(data.path, data.max_len, seed=data.seed)
+        task = NextItem()
     else:
         dataset = FeatureFiles(data.path, data.num_classes, data.seed)
     device = _device()
@@ -121,13 +124,13 @@ def build_model(config: RunConfig, group: dist.ProcessGroup | None) -> Model:
     backbone = _build_backbone(config, dataset, head).to(device)
     if group is not None:
         backbone = DistributedDataParallel(backbone, process_group=group)
-    return Model(config, dataset, backbone, head, group)
+    return Model(config, dataset, backbone, head, group, task)
 
 
 def _build_backbone(config: RunConfig, dataset, head: ClassifierHead) -> torch.nn.Module:
     model = config.model
     if model.backbone == "sasrec":
-        if not isinstance(dataset, SeqRec):
+        if config.data.source != "seqrec":
             raise ValueError("model.backbone = 'sasrec' needs data.source = 'seqrec'")
         return SASRec(
             dataset.num_classes,
@@ -138,7 +141,7 @@ def _build_backbone(config: RunConfig, dataset, head: ClassifierHead) -> torch.n
             model.dropout,
             item_lookup=head.lookup if model.tie_item_embeddings else None,
         )
-    if model.backbone == "mlp" and isinstance(dataset, SeqRec):
+    if model.backbone == "mlp" and config.data.source == "seqrec":
         raise ValueError("data.source = 'seqrec' needs model.backbone = 'sasrec' or a factory")
     return build_backbone(
         model.backbone, dataset.input_dim, model.embedding_dim, model.hidden_dim, model.num_layers
@@ -203,7 +206,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
                     group_["lr"] = base * lr_scale
             inputs, labels = model.dataset.train_batch(step, batch, model.local_rows)
             device = model.head.weight.device
-            embeddings, labels = _prediction_rows(
+            embeddings, labels = prediction_rows(
                 model.backbone(inputs.to(device)), labels.to(device)
             )
             out = model.head(embeddings, labels)
@@ -237,8 +240,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
                 problem = health.check(done, last_metrics["loss"], last_metrics)
                 if config.train.eval_every and done % config.train.eval_every == 0 and done < steps:
                     head_optimizer.catch_up()
-                    last_metrics.update(evaluate(model))
-                    if not best or _score(last_metrics) > _score(best):
+                    last_metrics.update(model.task.evaluate(model))
+                    if not best or model.task.score(last_metrics) > model.task.score(best):
                         best = _best_metrics(model, done, last_metrics)
                         evaluations_since_best = 0
                     else:
@@ -265,16 +268,14 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
     total = time.perf_counter() - began
     head_optimizer.catch_up()
     path = checkpoint(steps)
-    metrics = evaluate(model)
-    if isinstance(model.dataset, SeqRec):
-        metrics.update(evaluate(model, split="test"))
-    if not best or _score(metrics) > _score(best):
-        best = {"step": steps, **_epochs(model, steps), **metrics}
+    metrics = model.task.evaluate_all(model)
+    if not best or model.task.score(metrics) > model.task.score(best):
+        best = {"step": steps, **model.task.epochs(model, steps), **metrics}
     summary = {
         **metrics,
         "best": best,
         "steps": steps,
-        **_epochs(model, steps),
+        **model.task.epochs(model, steps),
         "total_time_s": total,
         "mean_samples_per_s": samples / total if total > 0 else 0.0,
         "graph_build_s": graph_s,
@@ -287,45 +288,20 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
         if last_metrics.get("step") == steps:
             _append_jsonl(run_dir / "metrics.jsonl", {"step": steps, **metrics})
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    progress.line(f"{_headline(metrics)}; {summary['mean_samples_per_s']:.0f} samples/s")
+    progress.line(f"{model.task.headline(metrics)}; {summary['mean_samples_per_s']:.0f} samples/s")
     if best["step"] != steps:
-        progress.line(f"best validation at step {best['step']}: {_headline(best)}")
+        progress.line(f"best validation at step {best['step']}: {model.task.headline(best)}")
     return summary
 
 
-def _score(metrics: dict) -> float:
-    """The validation score that early stopping and ``best`` follow."""
-    return metrics["valid_ndcg@10"] if "valid_ndcg@10" in metrics else metrics["top1"]
-
-
 def _best_metrics(model: Model, step: int, metrics: dict) -> dict:
-    """A new best validation score: its metrics, with the test metrics of that model."""
-    best = {"step": step, **_epochs(model, step), **metrics}
-    if isinstance(model.dataset, SeqRec):
-        best.update(evaluate(model, split="test"))
-    return best
-
-
-def _epochs(model: Model, steps: int) -> dict:
-    """``{"epochs": passes over the training windows}`` after ``steps`` for SeqRec; ``{}`` for
-    data sets without epochs."""
-    if not isinstance(model.dataset, SeqRec):
-        return {}
-    windows = len(model.dataset.train.labels)
-    return {"epochs": steps * model.config.train.batch_size / windows}
-
-
-def _headline(metrics: dict) -> str:
-    if "valid_ndcg@10" not in metrics:
-        return (
-            f"held-out top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} "
-            f"({metrics['eval_samples']:,} samples)"
-        )
-    return ", ".join(
-        f"{split} HIT@10 {metrics[f'{split}_hit@10']:.4f} NDCG@10 {metrics[f'{split}_ndcg@10']:.4f}"
-        for split in ("valid", "test")
-        if f"{split}_hit@10" in metrics
-    )
+    """A new best validation score: its metrics, with the other splits' metrics of that model."""
+    others = {
+        k: v
+        for split in model.task.splits[1:]
+        for k, v in model.task.evaluate(model, split).items()
+    }
+    return {"step": step, **model.task.epochs(model, step), **metrics, **others}
 
 
 def _refresh_sampler(head: ClassifierHead, step: int, progress: Progress) -> float:
@@ -343,72 +319,6 @@ def _refresh_sampler(head: ClassifierHead, step: int, progress: Progress) -> flo
     return seconds
 
 
-@torch.no_grad()
-def evaluate(model: Model, batch_size: int = 1024, split: str = "valid") -> dict:
-    """Held-out top-1/top-5 with the exact chunked full softmax over every class; for SeqRec,
-    HIT@5/10/20 and NDCG@5/10/20 of ``split`` ("valid" or "test") by full ranking (every item a
-    candidate, padding never): keys ``{split}_hit@k``, ``{split}_ndcg@k``, ``{split}_samples``."""
-    if isinstance(model.dataset, SeqRec):
-        sums: dict[str, float] = {}
-        for top, labels in _ranked(model, model.dataset.eval_batches(batch_size, split), k=20):
-            for name, value in ranking_sums(top.cpu(), labels.cpu()).items():
-                sums[name] = sums.get(name, 0.0) + value
-        totals = dict(zip(sums, _summed_over_ranks(list(sums.values()), model), strict=True))
-        count = totals.pop("count")
-        return {
-            **{f"{split}_{name}": total / count for name, total in totals.items()},
-            f"{split}_samples": int(count),
-        }
-    correct1 = correct5 = total = 0
-    for top, labels in _ranked(model, model.dataset.eval_batches(batch_size), k=5):
-        hits = top == labels[:, None]
-        correct1 += int(hits[:, 0].sum())
-        correct5 += int(hits.any(1).sum())
-        total += len(labels)
-    correct1, correct5, total = _summed_over_ranks([correct1, correct5, total], model)
-    return {"top1": correct1 / total, "top5": correct5 / total, "eval_samples": int(total)}
-
-
-def _ranked(model: Model, batches, k: int):
-    """This rank's share of each held-out batch: (its best k classes over all shards [n, k],
-    labels [n]), with the backbone in eval mode meanwhile."""
-    backbone, head = model.backbone, model.head
-    device = head.weight.device
-    backbone.eval()
-    try:
-        for inputs, labels in batches:
-            rows = slice(*shard_range(len(labels), head.world_size, head.rank))
-            embeddings, mine = _prediction_rows(
-                backbone(inputs[rows].to(device)), labels[rows].to(device)
-            )
-            _, top = head.predict_topk(embeddings, k=k)
-            yield top, mine
-    finally:
-        backbone.train()
-
-
-def _prediction_rows(
-    embeddings: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The backbone's output and the labels as the head takes them: [n, D], [n]. A sequence
-    backbone's output [B, L, D] keeps the positions with a target (training windows, labels
-    [B, L]) or the last position (evaluation, labels [B])."""
-    if embeddings.dim() == 2:
-        return embeddings, labels
-    if labels.dim() == 2:
-        keep = labels != NO_TARGET  # [B, L]
-        return embeddings[keep], labels[keep]
-    return embeddings[:, -1], labels
-
-
-def _summed_over_ranks(values: list[float], model: Model) -> list[float]:
-    """Each value summed over the ranks (one all_reduce of [len(values)] fp64)."""
-    totals = torch.tensor(values, dtype=torch.float64)
-    if model.group is not None:
-        dist.all_reduce(totals, group=model.group)
-    return totals.tolist()
-
-
 def evaluate_run(run_dir: str | Path) -> dict:
     """Load a run's config and newest checkpoint, evaluate, write eval.json (rank 0)."""
     run_dir = Path(run_dir)
@@ -416,9 +326,7 @@ def evaluate_run(run_dir: str | Path) -> dict:
     model = build_model(config, init_distributed())
     state, _ = load_checkpoint(latest_checkpoint(run_dir), model.head)
     _unwrap(model.backbone).load_state_dict(state.backbone)
-    metrics = {"step": state.step, **evaluate(model)}
-    if isinstance(model.dataset, SeqRec):
-        metrics.update(evaluate(model, split="test"))
+    metrics = {"step": state.step, **model.task.evaluate_all(model)}
     if model.head.rank == 0:
         (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
