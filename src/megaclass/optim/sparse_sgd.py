@@ -36,8 +36,10 @@ class SparseSGD(RowSparseOptimizer):
     So a row seen once every ten steps travels as far as under dense SGD, not ten times less
     (with momentum 0.9, a gradient moves a row by 10 x lr x g in all, 1 x lr x g of it at once).
     The catch-up follows the learning rate of each missed step: the optimizer keeps the rates of
-    its last ``MAX_LAG`` steps (``state[p]["lr_history"]``) and each step also brings
-    ``1 / MAX_LAG`` of the rows up to date (a fixed slice in turn), so that no row lags longer.
+    its last ``MAX_LAG`` steps as the maps of the newest 0, 1, ..., ``MAX_LAG`` steps
+    (``state[p]["idle_maps"]``, float64 [MAX_LAG + 1, 2, 2], one batched product per step) and
+    each step also brings ``1 / MAX_LAG`` of the rows up to date (a fixed slice in turn), so
+    that no row lags longer.
     A catch-up that used the current rate instead lost most of the momentum of rare rows while
     the rate decays (see ``benchmarks/results/stability.md``). ``catch_up()`` brings every row
     up to date (before evaluating or exporting the weights); catching up never changes where a
@@ -109,8 +111,7 @@ class SparseSGD(RowSparseOptimizer):
         rescale_rows(weights, None, group["row_norm"])
         write_rows(param, rows, weights)
         if state is not None:
-            history = state["lr_history"]
-            state["lr_history"] = torch.cat([history[1:], history.new_tensor([lr])])
+            state["idle_maps"] = _one_step_more(state["idle_maps"], lr, group)
             if rows is not None:  # a dense gradient leaves no row behind
                 part, n = int(state["step"]) % MAX_LAG, len(param)
                 lagging = slice(part * n // MAX_LAG, (part + 1) * n // MAX_LAG)
@@ -133,8 +134,11 @@ class SparseSGD(RowSparseOptimizer):
             state["last_step"] = torch.full(
                 param.shape[:1], int(state["step"]), dtype=torch.int32, device=param.device
             )
-        if "lr_history" not in state:  # as if the learning rate had been constant until now
-            state["lr_history"] = torch.full((MAX_LAG,), float(group["lr"]), dtype=torch.float64)
+        if "idle_maps" not in state:  # as if the learning rate had been constant until now
+            maps = torch.eye(2, dtype=torch.float64)[None]
+            for _ in range(MAX_LAG):
+                maps = _one_step_more(maps, group["lr"], group, MAX_LAG + 1)
+            state["idle_maps"] = maps
         if group["momentum"] and "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(param)
         return state
@@ -162,7 +166,7 @@ class SparseSGD(RowSparseOptimizer):
         # The missed-step counts take few distinct values: one map per value (the identity for
         # rows that missed none), applied to every row in place.
         counts, which = missed.unique(return_inverse=True)
-        maps = _idle_steps_maps(counts.tolist(), state["lr_history"].tolist(), group)
+        maps = _idle_steps_maps(counts.cpu(), state["idle_maps"], group)
         (ww, wb), (bw, bb) = [
             [maps[:, i, j].to(weights.device)[which][:, None] for j in range(2)] for i in range(2)
         ]
@@ -177,44 +181,36 @@ class SparseSGD(RowSparseOptimizer):
             weights.mul_(ww).add_(carried)
 
 
-def _idle_steps_maps(missed: list[int], lrs: list[float], group: dict) -> torch.Tensor:
-    """The linear maps of (weight, momentum) over the last ``m`` steps with zero gradient, for
-    each ``m`` in ``missed`` (ascending): float32 [len(missed), 2, 2].
+def _idle_steps_maps(missed: torch.Tensor, idle_maps: torch.Tensor, group: dict) -> torch.Tensor:
+    """The maps of the newest ``m`` steps for each ``m`` in ``missed`` [n] (int64): float32
+    [n, 2, 2]. A row lags at most ``MAX_LAG`` steps, except in state saved before the maps were
+    kept, whose older steps take the current learning rate."""
+    known = len(idle_maps) - 1
+    maps = idle_maps[missed.clamp(max=known)]
+    for i in (missed > known).nonzero().flatten().tolist():
+        older = torch.linalg.matrix_power(_step_map(group["lr"], group), int(missed[i]) - known)
+        maps[i] = maps[i] @ older
+    return maps.float()
 
-    One such step of ``torch.optim.SGD`` at learning rate lr is, with m (momentum) and wd
-    (weight decay):
+
+def _one_step_more(
+    idle_maps: torch.Tensor, lr: float, group: dict, size: int | None = None
+) -> torch.Tensor:
+    """The maps of the newest 0, 1, ... steps after one more step at ``lr``: [k, 2, 2] ->
+    [size or k, 2, 2]. The newest m steps are the new step after the newest m - 1 before it."""
+    size = size or len(idle_maps)
+    newer = _step_map(lr, group) @ idle_maps[: size - 1]
+    return torch.cat([torch.eye(2, dtype=torch.float64)[None], newer])
+
+
+def _step_map(lr: float, group: dict) -> torch.Tensor:
+    """[2, 2] float64: (weight, momentum) -> after one step of ``torch.optim.SGD`` at ``lr`` with
+    a zero gradient; with m (momentum) and wd (weight decay):
         buf' = m * buf + wd * w
         w'   = w - lr * buf'                          = (1 - lr wd) w - lr m buf
         w'   = w - lr * (wd * w + m * buf')  (Nesterov) = (1 - lr wd (1 + m)) w - lr m^2 buf
-    ``lrs`` are the learning rates of the last steps, oldest first; a row lags at most
-    ``len(lrs)`` steps (``MAX_LAG``), except in state saved before the history was kept, whose
-    older steps take the oldest learning rate known.
     """
-    m, wd, nesterov = group["momentum"], group["weight_decay"], group["nesterov"]
-
-    def one_step(lr: float) -> tuple[float, float, float, float]:
-        if nesterov:
-            return (1 - lr * wd * (1 + m), -lr * m * m, wd, m)
-        return (1 - lr * wd, -lr * m, wd, m)
-
-    maps, product, done = [], (1.0, 0.0, 0.0, 1.0), 0
-    for count in missed:
-        while done < min(count, len(lrs)):  # the product of the newest `done` steps
-            product = _matmul_2x2(product, one_step(lrs[-1 - done]))
-            done += 1
-        older = count - done  # > 0 only in state saved before the history was kept
-        older_map = torch.linalg.matrix_power(
-            torch.tensor(one_step(lrs[0]), dtype=torch.float64).view(2, 2), older
-        )
-        maps.append(torch.tensor(product, dtype=torch.float64).view(2, 2) @ older_map)
-    return torch.stack(maps).float()
-
-
-def _matmul_2x2(a: tuple, b: tuple) -> tuple[float, float, float, float]:
-    """a @ b for 2x2 matrices given row-major as 4 floats."""
-    return (
-        a[0] * b[0] + a[1] * b[2],
-        a[0] * b[1] + a[1] * b[3],
-        a[2] * b[0] + a[3] * b[2],
-        a[2] * b[1] + a[3] * b[3],
-    )
+    m, wd = group["momentum"], group["weight_decay"]
+    if group["nesterov"]:
+        return torch.tensor([[1 - lr * wd * (1 + m), -lr * m * m], [wd, m]], dtype=torch.float64)
+    return torch.tensor([[1 - lr * wd, -lr * m], [wd, m]], dtype=torch.float64)
