@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from megaclass.train import load_config, train
+from tests.distributed.harness import run_ranks
 
 TINY = [
     "head.sampler='full'",  # most tests compare with the exact softmax (the default is knn)
@@ -47,3 +51,22 @@ def set_args(overrides):
 def step_losses(run_dir: Path) -> dict[int, float]:
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
     return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+
+def train_on_ranks(group, run_dir, overrides, resume):
+    """``train`` on one rank of ``run_ranks``; held-out top-1."""
+    return train(load_config(None, overrides), run_dir, resume=resume)["top1"]
+
+
+def resume_two_ranks_on_three(tmp_path: Path, overrides: list[str]) -> tuple[Path, Path]:
+    """Train 10 steps on 2 ranks (checkpoints every 5), then resume its step-5 checkpoint on 3
+    ranks to step 10: the two run folders."""
+    two, three = tmp_path / "two", tmp_path / "three"
+    run_ranks(2, train_on_ranks, two, overrides, False)
+    shutil.copytree(two, three)
+    shutil.rmtree(three / "checkpoints" / "step-00000010")
+    (three / "metrics.jsonl").write_text(
+        "\n".join((three / "metrics.jsonl").read_text().splitlines()[:5]) + "\n"
+    )
+    run_ranks(3, train_on_ranks, three, overrides, True)
+    return two, three

@@ -1,16 +1,18 @@
 """A sampler from outside the package plugs into the head, the trainer and its checkpoints."""
 
-import shutil
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import megaclass
-from megaclass.train import load_config, train
-from tests.distributed.harness import run_ranks
 from tests.integration.custom_sampler import LabelsAndEverySeventh
-from tests.integration.helpers import BATCH_INDEPENDENT, TINY, set_args, step_losses
+from tests.integration.helpers import (
+    BATCH_INDEPENDENT,
+    TINY,
+    resume_two_ranks_on_three,
+    set_args,
+    step_losses,
+)
 from tests.integration.helpers import megaclass as cli
 
 CUSTOM = "head.sampler='tests.integration.custom_sampler:LabelsAndEverySeventh'"
@@ -38,10 +40,6 @@ def test_the_command_line_trains_with_it(tmp_path):
     assert (tmp_path / "summary.json").is_file()
 
 
-def _train_on_ranks(group, run_dir, overrides, resume):
-    return train(load_config(None, overrides), run_dir, resume=resume)["top1"]
-
-
 def _times_scored(checkpoint) -> torch.Tensor:
     """The sampler's per-class rows of a checkpoint, over all its shards, in class order."""
     shards = [torch.load(p, weights_only=True) for p in sorted(checkpoint.glob("head-*.pt"))]
@@ -57,15 +55,11 @@ def test_its_checkpoints_of_two_ranks_resume_on_three(tmp_path):
         "checkpoint.every=5",
         "checkpoint.keep=5",
     ]
-    run_ranks(2, _train_on_ranks, tmp_path / "two", overrides, False)
-    three = tmp_path / "three"
-    shutil.copytree(tmp_path / "two", three)
-    shutil.rmtree(three / "checkpoints" / "step-00000010")
-    run_ranks(3, _train_on_ranks, three, overrides, True)
-    two_losses, three_losses = step_losses(tmp_path / "two"), step_losses(three)
+    two, three = resume_two_ranks_on_three(tmp_path, overrides)
+    two_losses, three_losses = step_losses(two), step_losses(three)
     for step in range(6, 11):
         assert three_losses[step] == pytest.approx(two_losses[step], rel=1e-4), step
     final = "checkpoints/step-00000010"
-    counted = _times_scored(tmp_path / "two" / final)
+    counted = _times_scored(two / final)
     assert int(counted[::7].min()) == 9  # every seventh class, each of the 9 refreshed steps
     assert torch.equal(_times_scored(three / final), counted)

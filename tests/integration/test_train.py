@@ -17,8 +17,10 @@ from tests.integration.helpers import (
     BATCH_INDEPENDENT,
     TINY,
     megaclass,
+    resume_two_ranks_on_three,
     set_args,
     step_losses,
+    train_on_ranks,
 )
 
 
@@ -75,15 +77,10 @@ def test_resume_equals_uninterrupted(tmp_path, head):
     assert step_losses(partial) == step_losses(tmp_path / "whole")  # bit for bit
 
 
-def _train_on_ranks(group, run_dir, overrides, resume):
-    summary = train(load_config(None, overrides), run_dir, resume=resume)
-    return summary["top1"]
-
-
 def test_two_ranks_equal_one_rank_for_20_steps(tmp_path):
     overrides = [*TINY, BATCH_INDEPENDENT, "train.steps=20"]
-    run_ranks(1, _train_on_ranks, tmp_path / "one", overrides, False)
-    run_ranks(2, _train_on_ranks, tmp_path / "two", overrides, False)
+    run_ranks(1, train_on_ranks, tmp_path / "one", overrides, False)
+    run_ranks(2, train_on_ranks, tmp_path / "two", overrides, False)
     one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
     assert one.keys() == two.keys()
     for step in one:  # fp32; only the order of summation differs
@@ -98,15 +95,8 @@ def test_checkpoint_of_two_ranks_resumes_on_three(tmp_path):
         "checkpoint.every=5",
         "checkpoint.keep=5",
     ]
-    run_ranks(2, _train_on_ranks, tmp_path / "two", overrides, False)
-    three = tmp_path / "three"
-    shutil.copytree(tmp_path / "two", three)
-    shutil.rmtree(three / "checkpoints" / "step-00000010")
-    (three / "metrics.jsonl").write_text(
-        "\n".join((three / "metrics.jsonl").read_text().splitlines()[:5]) + "\n"
-    )
-    run_ranks(3, _train_on_ranks, three, overrides, True)
-    two_losses, three_losses = step_losses(tmp_path / "two"), step_losses(three)
+    two, three = resume_two_ranks_on_three(tmp_path, overrides)
+    two_losses, three_losses = step_losses(two), step_losses(three)
     for step in range(6, 11):
         assert three_losses[step] == pytest.approx(two_losses[step], rel=1e-4), step
 
