@@ -10,7 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=benchmarks/results
-common=(--dim 128 --batch 1024 --threads 2 --steps 3)
+# the settings bench heads had before it took a run config: plain softmax, chunks of 4,096,
+# graph cost amortised over 1,000 steps, the rest of the budget drawn uniformly
+common=(--dim 128 --batch 1024 --threads 2 --steps 3 --margin softmax --chunk-size 4096
+  --refresh-every 1000 --set head.knn.fill=uniform)
 for dtype in fp32 bf16; do
   megaclass bench heads "${common[@]}" --num-classes 1000000 --dtype "$dtype" \
     --heads naive,full,random,knn,ann --budget 0.1 --json "$out/knn-1000000-${dtype}.json"

@@ -27,7 +27,7 @@ RUNS = ROOT / "runs" / "stability"
 DATA = RUNS / "data"
 HEADS = {
     "full": ["head.sampler='full'"],
-    "random": ["head.sampler='random'"],
+    "random": ["head.sampler='random'", "head.random.rate=0.05"],  # knn's default budget
     "knn": ["head.sampler='knn'"],
     "ann": ["head.sampler='ann'"],
 }
@@ -37,6 +37,11 @@ TAXONOMY = {  # name: (classes, samples, zipf, held-out classes)
     "taxonomy-5k": (5_000, 200_000, 0.0, 5_000),
     "taxonomy-100k": (100_000, 800_000, 0.8, 20_000),
 }
+
+
+def budget(fraction: float) -> list[str]:
+    """Random's rate and knn's budget."""
+    return [f"head.random.rate={fraction}", f"head.knn.budget={fraction}"]
 
 
 def data_args(source: str) -> list[str]:
@@ -60,13 +65,13 @@ def planned(groups: list[str]) -> dict[str, list[str]]:
                         f"train.steps={steps}",
                     ]
             for steps in (50, 200):
-                for budget in (0.3, 0.6, 0.9):
+                for fraction in (0.3, 0.6, 0.9):
                     for head in ("random", "knn"):
-                        runs[f"{source}-{steps}-{head}-budget{budget}"] = [
+                        runs[f"{source}-{steps}-{head}-budget{fraction}"] = [
                             *data_args(source),
                             *HEADS[head],
                             f"train.steps={steps}",
-                            f"head.budget={budget}",
+                            *budget(fraction),
                         ]
             runs[f"{source}-50-knn-nobn"] = [
                 *data_args(source),
@@ -86,14 +91,14 @@ def planned(groups: list[str]) -> dict[str, list[str]]:
                 runs[f"{source}-300-{head}"] = [
                     *data_args(source),
                     *args,
-                    "head.budget=0.1",
+                    *budget(0.1),
                     "train.steps=300",
                     "train.eval_every=50",
                 ]
             runs[f"{source}-300-knn-nobn"] = [
                 *data_args(source),
                 *HEADS["knn"],
-                "head.budget=0.1",
+                *budget(0.1),
                 "train.steps=300",
                 "train.eval_every=50",
                 *WITHOUT_BN,
@@ -103,7 +108,7 @@ def planned(groups: list[str]) -> dict[str, list[str]]:
             runs[f"taxonomy-100k-1000-{head}"] = [
                 *data_args("taxonomy-100k"),
                 *HEADS[head],
-                "head.budget=0.1",
+                *budget(0.1),
                 "train.steps=1000",
                 "train.eval_every=100",
             ]
@@ -114,7 +119,7 @@ def planned(groups: list[str]) -> dict[str, list[str]]:
                     runs[f"grid-lr{lr}-{backbone}-{head}"] = [
                         *data_args("taxonomy-100k"),
                         *args,
-                        "head.budget=0.1",
+                        *budget(0.1),
                         "train.steps=100",
                         f"optim.lr={lr}",
                         *extra,

@@ -98,11 +98,11 @@ def main(folder: Path, results: Path) -> None:
         "(IVF nprobe 4 at 10^6 classes), evaluated every 50 steps on 5,000 held-out samples; "
         "head: SparseSGD, rows kept at norm 0.3; random and knn with the logit correction, knn "
         "keeping 25% of its budget for drawn classes (the defaults); knn-frequent: knn keeping "
-        "another 50% for the most frequent training labels so far (`head.knn_frequent_share = "
+        "another 50% for the most frequent training labels so far (`head.knn.frequent_share = "
         "0.5`); knn-walk: knn-frequent plus each sample's 8 best classes found by a walk of the "
-        "class graph (`head.knn_walk_k = 8`); knn-fill: a frequent share of 0.3, the walk, and "
-        "35% of the budget drawn in proportion to label counts (`head.knn_random_share = 0.35`, "
-        '`head.knn_fill = "frequency"`); ann, groups of 64 samples: '
+        "class graph (`head.knn.walk_k = 8`); knn-fill: a frequent share of 0.3, the walk, and "
+        "35% of the budget drawn in proportion to label counts (`head.knn.random_share = 0.35`, "
+        '`head.knn.fill = "frequency"`); ann, groups of 64 samples: '
         "at 10^5 classes exact search (every class scored) for each sample's 28 best, and 5% of "
         "the classes drawn per step for every group (logit-corrected); at 10^6 the binary IVF "
         "index (128-bit codes, 32 of its 1,000 lists probed, the 1,000 best by Hamming distance "

@@ -14,7 +14,10 @@ def _load(path: Path) -> list[dict]:
 def _state_bytes(record: dict) -> int:
     """Weights + optimizer state of the class layer."""
     rows, dim = record["num_classes"], record["dim"]
-    optimizer = record["config"]["optimizer"]
+    config = record["config"]  # records before the nested config named the optimizer directly
+    optimizer = (
+        config["optimizer"] if "optimizer" in config else config["run"]["optim"]["head_optimizer"]
+    )
     state = rows * dim * BYTES if optimizer == "sgd" else rows * BYTES
     return rows * dim * BYTES + state
 

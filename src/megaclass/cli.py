@@ -24,6 +24,38 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+# megaclass bench heads: flag, the config keys it sets, type, choices
+_BENCH_SHORTCUTS = (
+    ("--num-classes", ("data.num_classes",), int, None),
+    ("--dim", ("model.embedding_dim",), int, None),
+    ("--batch", ("train.batch_size",), int, None),
+    ("--dtype", ("head.matmul_dtype",), str, ("auto", "fp32", "bf16")),
+    ("--margin", ("head.margin",), str, ("softmax", "cosface", "arcface")),
+    ("--chunk-size", ("head.chunk_size",), int, None),
+    ("--budget", ("head.knn.budget", "head.random.rate"), float, None),  # random: if <= 1
+    ("--knn-k", ("head.knn.k",), int, None),
+    ("--refresh-every", ("head.knn.refresh_every", "head.ann.refresh_every"), int, None),
+    ("--graph-build", ("head.knn.build",), str, ("auto", "exact", "ivf")),
+    ("--nprobe", ("head.knn.nprobe",), int, None),
+    ("--ann-k", ("head.ann.k",), int, None),
+    ("--group-size", ("head.ann.group_size",), int, None),
+    ("--ann-nprobe", ("head.ann.nprobe",), int, None),
+    ("--ann-bits", ("head.ann.num_bits",), int, None),
+    ("--rerank", ("head.ann.rerank",), int, None),
+    ("--ann-search", ("head.ann.search",), str, ("ivf", "exact")),
+    ("--ann-uniform", ("head.ann.uniform",), float, None),
+    ("--optimizer", ("optim.head_optimizer",), str, ("sgd", "rowadagrad")),
+)
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def _toml_literal(value) -> str:
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="megaclass", description="Train classifiers with millions of classes."
@@ -61,40 +93,27 @@ def _parser() -> argparse.ArgumentParser:
         help="time training steps of output layers side by side",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    heads.add_argument("--num-classes", type=int, default=100_000)
-    heads.add_argument("--dim", type=int, default=128)
-    heads.add_argument("--batch", type=int, default=1024)
+    heads.add_argument("--config", default=None, help="TOML run config whose head is timed")
+    heads.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, as for megaclass train (repeatable; applied last)",
+    )
     heads.add_argument(
         "--heads", default="naive,full", help="comma-separated: naive, full, random, knn, ann"
     )
     heads.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     heads.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    heads.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    heads.add_argument("--margin", default="softmax", choices=["softmax", "cosface", "arcface"])
-    heads.add_argument("--chunk-size", type=int, default=4096, help="classes per chunk (full)")
-    heads.add_argument(
-        "--budget", type=float, default=0.1, help="random, knn: fraction (<= 1) or count"
+    shortcuts = heads.add_argument_group(
+        "shortcuts", "each sets a config key (default: the config's value)"
     )
-    heads.add_argument("--knn-k", type=int, default=32, help="knn: graph neighbours per class")
-    heads.add_argument(
-        "--refresh-every", type=int, default=1000, help="knn, ann: steps per graph (index) rebuild"
-    )
-    heads.add_argument("--graph-build", default="auto", choices=["auto", "exact", "ivf"])
-    heads.add_argument("--nprobe", type=int, default=4, help="knn, ivf graph: lists per class")
-    heads.add_argument("--ann-k", type=int, default=64, help="ann: classes retrieved per sample")
-    heads.add_argument("--group-size", type=int, default=64, help="ann: samples per group")
-    heads.add_argument("--ann-nprobe", type=int, default=8, help="ann: lists searched per sample")
-    heads.add_argument("--ann-bits", type=int, default=128, help="ann: code length")
-    heads.add_argument("--rerank", type=int, default=0, help="ann: candidates re-ranked exactly")
-    heads.add_argument(
-        "--ann-search", default="ivf", choices=["ivf", "exact"], help="ann: index or every class"
-    )
-    heads.add_argument(
-        "--ann-uniform", type=float, default=0.0, help="ann: share of the classes drawn per step"
-    )
-    heads.add_argument(
-        "--optimizer", default="sgd", choices=["sgd", "rowadagrad"], help="random, knn, ann"
-    )
+    for flag, keys, kind, choices in _BENCH_SHORTCUTS:
+        shortcuts.add_argument(
+            flag, type=kind, choices=choices, default=None, help=" and ".join(keys)
+        )
     heads.add_argument("--threads", type=int, default=None, help="torch threads per head")
     heads.add_argument(
         "--system-malloc",
@@ -148,32 +167,25 @@ def _bench_graph(args: argparse.Namespace) -> int:
 def _bench_heads(args: argparse.Namespace) -> int:
     from megaclass.bench import heads as bench_heads
     from megaclass.process import tune_process
+    from megaclass.train import load_config
 
     tune_process(keep_freed=False, huge_pages=True)  # each head keeps freed memory or not
 
+    heads = tuple(h.strip() for h in args.heads.split(",") if h.strip())
+    if args.budget is not None and args.budget > 1 and "random" in heads:
+        raise ValueError(f"--budget {args.budget:g} is a count; random takes a rate <= 1")
+    shortcuts = [
+        f"{key}={_toml_literal(value)}"
+        for flag, keys, _, _ in _BENCH_SHORTCUTS
+        if (value := getattr(args, _dest(flag))) is not None
+        for key in keys
+        if not (key == "head.random.rate" and value > 1)  # a count: knn's budget only
+    ]
     config = bench_heads.HeadBenchConfig(
-        num_classes=args.num_classes,
-        dim=args.dim,
-        batch=args.batch,
-        heads=tuple(h.strip() for h in args.heads.split(",") if h.strip()),
+        run=load_config(args.config, shortcuts + args.overrides),
+        heads=heads,
         steps=args.steps,
         warmup=args.warmup,
-        dtype=args.dtype,
-        margin=args.margin,
-        chunk_size=args.chunk_size,
-        budget=args.budget,
-        knn_k=args.knn_k,
-        refresh_every=args.refresh_every,
-        graph_build=args.graph_build,
-        nprobe=args.nprobe,
-        ann_k=args.ann_k,
-        group_size=args.group_size,
-        ann_nprobe=args.ann_nprobe,
-        ann_bits=args.ann_bits,
-        rerank=args.rerank,
-        ann_search=args.ann_search,
-        ann_uniform=args.ann_uniform,
-        optimizer=args.optimizer,
         threads=args.threads,
         keep_freed_memory=not args.system_malloc,
         device=args.device,

@@ -89,3 +89,24 @@ def test_bench_graph_reports_recall_against_brute_force(tmp_path):
 def test_bench_graph_rejects_bad_nprobe():
     result = _megaclass("bench", "graph", "--nprobe", "0")
     assert result.returncode == 2 and "nprobe values must be >= 1" in result.stderr
+
+
+def test_bench_heads_times_the_head_a_run_config_trains(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(
+        "[data]\nnum_classes = 2000\n[model]\nembedding_dim = 16\n[train]\nbatch_size = 64\n"
+        '[head]\nmatmul_dtype = "fp32"\n[head.knn]\nbudget = 300\nk = 4\n'
+    )
+    out = tmp_path / "bench.json"
+    result = _megaclass(
+        "bench", "heads", "--config", str(config), "--set", "head.ann.k=8", "--heads", "knn,ann",
+        "--steps", "1", "--threads", "1", "--json", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    knn, ann = json.loads(out.read_text())
+    assert (knn["num_classes"], knn["dim"], knn["batch"]) == (2000, 16, 64)
+    assert knn["num_active"] == 300 and knn["graph_build"] == "exact"
+    assert knn["config"]["run"]["head"]["knn"]["k"] == 4
+    assert ann["config"]["run"]["head"]["ann"]["k"] == 8 and ann["num_active"] < 2000
+    bad = _megaclass("bench", "heads", "--config", str(config), "--set", "head.knn_k=8")
+    assert bad.returncode == 2 and "head.knn_k is now head.knn.k" in bad.stderr

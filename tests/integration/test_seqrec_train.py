@@ -52,7 +52,7 @@ def _config(path, *overrides):
 @pytest.mark.parametrize("sampler", ["full", "knn", "ann"])
 def test_a_tiny_seqrec_run_learns_the_walks_and_reports_full_ranking_metrics(tmp_path, sampler):
     data = _sequences(tmp_path / "walks.txt")
-    overrides = [f"head.sampler='{sampler}'", "head.budget=0.5", "head.ann_k=20"]
+    overrides = [f"head.sampler='{sampler}'", "head.knn.budget=0.5", "head.ann.k=20"]
     summary = train(_config(data, *overrides), tmp_path / "run")
     for split in ("valid", "test"):
         for k in (5, 10, 20):
@@ -94,7 +94,7 @@ def test_sasrec_needs_seqrec_data_and_seqrec_needs_a_sequence_backbone(tmp_path)
 def test_tied_item_embeddings_learn_the_walks(tmp_path):
     data = _sequences(tmp_path / "walks.txt")
     config = _config(
-        data, "model.tie_item_embeddings=true", "head.sampler='knn'", "head.budget=0.5"
+        data, "model.tie_item_embeddings=true", "head.sampler='knn'", "head.knn.budget=0.5"
     )
     summary = train(config, tmp_path / "run")
     assert summary["test_hit@10"] > 0.5

@@ -19,7 +19,7 @@ COLLAPSING = [
     "train.log_every=5",
     "train.threads=1",
     "head.matmul_dtype='fp32'",
-    "head.budget=0.05",
+    "head.knn.budget=0.05",
 ]
 WITHOUT_BATCHNORM = "model.backbone='benchmarks.backbones:mlp_without_batchnorm'"
 

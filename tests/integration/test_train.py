@@ -50,14 +50,14 @@ def test_tiny_default_run_end_to_end(tmp_path):
     "head",
     [
         [],
-        ["head.sampler='random'", "head.budget=0.2"],
-        ["head.sampler='knn'", "head.budget=0.2", "head.refresh_every=3", "head.knn_k=4"],
-        ["head.sampler='knn'", "head.graph_build='ivf'", "optim.head_optimizer='rowadagrad'"],
+        ["head.sampler='random'", "head.random.rate=0.2"],
+        ["head.sampler='knn'", "head.knn.budget=0.2", "head.knn.refresh_every=3", "head.knn.k=4"],
+        ["head.sampler='knn'", "head.knn.build='ivf'", "optim.head_optimizer='rowadagrad'"],
         [
             "head.sampler='knn'",
-            "head.budget=0.2",
-            "head.knn_frequent_share=0.5",
-            "head.knn_walk_k=4",
+            "head.knn.budget=0.2",
+            "head.knn.frequent_share=0.5",
+            "head.knn.walk_k=4",
         ],
     ],
     ids=["full-sgd", "random", "knn-exact", "knn-ivf-rowadagrad", "knn-frequent"],
@@ -255,7 +255,7 @@ def test_torchrun_runs_hybrid_parallel_and_reports_a_dead_rank(tmp_path):
 
 
 def test_knn_run_says_when_it_builds_the_class_graph(tmp_path):
-    overrides = [*TINY, "head.sampler='knn'", "head.refresh_every=5", "train.steps=12"]
+    overrides = [*TINY, "head.sampler='knn'", "head.knn.refresh_every=5", "train.steps=12"]
     result = megaclass("train", *set_args(overrides), "--run-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     for step in (0, 5, 10):

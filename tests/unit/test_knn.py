@@ -106,7 +106,7 @@ def test_active_set_is_labels_then_nearest_neighbours_then_cut():
     g = torch.Generator().manual_seed(2)
     weight = torch.randn(NUM_CLASSES, DIM, generator=g)
     labels = torch.tensor([5, 9, 400])
-    head = _head(samplers.KNN(k=3, budget=9, random_share=0.0), weight)
+    head = _head(samplers.KNN(k=3, budget=9, random_share=0.0, fill="uniform"), weight)
     head(torch.randn(3, DIM, generator=g), labels).loss.backward()
     active = set(head.weight.grad.coalesce().indices()[0].tolist())
     graph = brute_force_graph(weight, 3)
@@ -116,7 +116,9 @@ def test_active_set_is_labels_then_nearest_neighbours_then_cut():
 
 @pytest.mark.parametrize("correction", [True, False])
 def test_a_share_of_the_budget_is_drawn_uniformly_with_corrected_logits(correction):
-    knn = samplers.KNN(k=3, budget=9, random_share=1 / 3, logit_correction=correction)
+    knn = samplers.KNN(
+        k=3, budget=9, random_share=1 / 3, logit_correction=correction, fill="uniform"
+    )
     positives = torch.tensor([5, 9, 400, 5])
     neighbours = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 10]])  # global ids, nearest first
     chosen = torch.tensor([1, 4, 5, 7, 9, 400])  # labels, then first neighbours, to 9 - 3
@@ -132,7 +134,7 @@ def test_a_share_of_the_budget_is_drawn_uniformly_with_corrected_logits(correcti
 
 
 def test_frequent_classes_come_after_the_labels_and_before_the_neighbours():
-    knn = samplers.KNN(k=3, budget=9, random_share=0.0, frequent_share=0.5)
+    knn = samplers.KNN(k=3, budget=9, random_share=0.0, frequent_share=0.5, fill="uniform")
     positives = torch.tensor([5, 9, 400, 5])
     neighbours = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 10]])  # global ids, nearest first
     frequent = torch.tensor([9, 30, 31, 32])  # a label among them counts once
@@ -141,7 +143,7 @@ def test_frequent_classes_come_after_the_labels_and_before_the_neighbours():
 
 
 def test_walked_classes_come_after_the_frequent_ones_best_first_over_samples():
-    knn = samplers.KNN(k=3, random_share=0.0, frequent_share=0.2, walk_k=2)
+    knn = samplers.KNN(k=3, random_share=0.0, frequent_share=0.2, walk_k=2, fill="uniform")
     positives, frequent = torch.tensor([5]), torch.tensor([30])
     neighbours = torch.tensor([[1, 2, 3]])
     walked = torch.tensor([[40, 41], [50, -1], [40, 60]])  # 3 samples, best first
@@ -197,7 +199,9 @@ def test_frequent_classes_are_the_most_counted_training_labels():
 
 
 def test_head_counts_training_labels_and_scores_the_most_frequent_classes():
-    knn = samplers.KNN(k=2, budget=100, random_share=0.25, frequent_share=0.5, refresh_every=50)
+    knn = samplers.KNN(
+        k=2, budget=100, random_share=0.25, frequent_share=0.5, refresh_every=50, fill="uniform"
+    )
     head = _head(knn, torch.randn(NUM_CLASSES, DIM))
     g = torch.Generator().manual_seed(3)
     common = torch.arange(50, 100)  # every batch: 50 classes far more frequent than the rest
@@ -239,7 +243,7 @@ def test_head_scores_every_samples_best_classes_found_by_a_walk():
 
 
 def test_small_budgets_fill_with_random_classes_and_keep_labels():
-    head = _head(samplers.KNN(k=2, budget=0.1), torch.randn(NUM_CLASSES, DIM))
+    head = _head(samplers.KNN(k=2, budget=0.1, fill="uniform"), torch.randn(NUM_CLASSES, DIM))
     labels = torch.randint(0, NUM_CLASSES, (64,))
     out = head(torch.randn(64, DIM), labels)
     out.loss.backward()
@@ -249,7 +253,10 @@ def test_small_budgets_fill_with_random_classes_and_keep_labels():
 
 
 def test_graph_is_rebuilt_every_refresh_steps():
-    head = _head(samplers.KNN(k=3, budget=0.05, refresh_every=2), torch.randn(NUM_CLASSES, DIM))
+    head = _head(
+        samplers.KNN(k=3, budget=0.05, refresh_every=2, fill="uniform"),
+        torch.randn(NUM_CLASSES, DIM),
+    )
     x, y = torch.randn(8, DIM), torch.randint(0, NUM_CLASSES, (8,))
     first = head.sampler.graph  # built by the first refresh
     with torch.no_grad():

@@ -5,19 +5,20 @@ high-water mark of a head measured before it. A step is zero_grad + forward + ba
 optimizer step on random embeddings [batch, dim] (which receive a gradient, as a backbone's
 output would) and uniform random labels.
 
+The megaclass heads are built from a run config exactly as ``megaclass train`` builds them
+(``HeadBenchConfig``): margin, chunks, products, the sampler's own section and the head
+optimizer (row-sparse ``SparseSGD`` or ``RowAdaGrad``, ``optim.head_optimizer``).
+
 Heads:
 - ``naive``: ``nn.Linear(dim, num_classes, bias=False)`` + ``F.cross_entropy`` +
   ``torch.optim.SGD``: the plain PyTorch baseline; bf16 runs it under ``torch.autocast``.
-- ``full``: ``ClassifierHead`` with the exact chunked softmax, same optimizer.
-- ``random``: ``ClassifierHead`` with ``Random(budget)`` (Partial FC), row-sparse gradient and a
-  row-sparse optimizer (``--optimizer``: SparseSGD with momentum or RowAdaGrad).
-- ``knn``: ``ClassifierHead`` with ``KNN(k, budget)``, same optimizer. The class graph is built
-  once before the timed steps; its build time is recorded (``graph_build_s``) with its cost per
-  step amortised over ``refresh_every`` steps, apart from ``ms_per_step``.
-- ``ann``: ``ClassifierHead`` with ``ANN(k, group_size, ...)``, same optimizer. The index is
-  built before the timed steps (``index_build_s``); ``ms_per_step`` includes the retrieval (index
-  update, search and grouping), which is also reported alone (``retrieval_ms_per_step``), with
-  the Hamming scan used (``ann_backend``: faiss when installed, else torch).
+- ``full``: ``ClassifierHead`` with the exact chunked softmax (``Full``).
+- ``random``, ``knn``, ``ann``: ``ClassifierHead`` with the sampler of ``[head.random]``,
+  ``[head.knn]`` or ``[head.ann]``. The class graph (knn) or index (ann) is built before the
+  timed steps; its build time is recorded (``graph_build_s``, ``index_build_s``) with its cost
+  per step amortised over ``refresh_every`` steps, apart from ``ms_per_step``. For ann,
+  ``ms_per_step`` includes the retrieval (index update, search and grouping), which is also
+  reported alone (``retrieval_ms_per_step``), with the Hamming scan used (``ann_backend``).
 """
 
 from __future__ import annotations
@@ -27,71 +28,64 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from megaclass.bench.machine import machine_info
-from megaclass.functional import margins
+from megaclass.hardware import matmul_dtype
 from megaclass.process import keep_freed_memory
+from megaclass.train.config import RunConfig
+from megaclass.train.loop import build_head, build_head_optimizer
 
 HEADS = ("naive", "full", "random", "knn", "ann")
-OPTIMIZERS = ("sgd", "rowadagrad")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-MARGINS = {
-    "softmax": margins.Softmax,
-    "cosface": margins.CosFace,
-    "arcface": margins.ArcFace,
-}
+_SECTIONS = ("random", "knn", "ann")  # heads whose sampler has a [head.<name>] section
 _REFERENCE_GEMM_MAX_COLUMNS = 65536
 
 
 @dataclass(frozen=True)
 class HeadBenchConfig:
-    num_classes: int = 100_000
-    dim: int = 128
-    batch: int = 1024
-    heads: tuple[str, ...] = HEADS
+    """What to time: the head of ``run`` (classes ``data.num_classes``, width
+    ``model.embedding_dim``, batch ``train.batch_size``, margin, chunks and products of
+    ``[head]``, each sampler's own section, the head optimizer of ``[optim]``), exactly as
+    ``megaclass train`` would build it with that config, under each sampler of ``heads``."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    heads: tuple[str, ...] = ("naive", "full")
     steps: int = 5
     warmup: int = 1
-    dtype: str = "fp32"
-    margin: str = "softmax"
-    chunk_size: int = 4096
-    budget: float = 0.1  # random, knn: fraction of the classes (<= 1) or a count (knn)
-    knn_k: int = 32
-    refresh_every: int = 1000  # knn: only for the amortised graph cost
-    graph_build: str = "auto"  # knn: auto, exact or ivf
-    nprobe: int = 4  # knn, ivf graph
-    ann_k: int = 64  # ann: classes retrieved per sample
-    group_size: int = 64  # ann: samples per group
-    ann_nprobe: int = 8  # ann: lists searched per sample
-    ann_bits: int = 128  # ann: code length
-    rerank: int = 0  # ann: candidates re-ranked exactly
-    ann_search: str = "ivf"  # ann: "ivf" (the index) or "exact" (every class scored)
-    ann_uniform: float = 0.0  # ann: share of the classes drawn per step for every group
-    optimizer: str = "sgd"  # random, knn, ann
     threads: int | None = None
     keep_freed_memory: bool = True  # megaclass heads, see megaclass.process; never naive
     device: str = "cpu"
-    seed: int = 0
 
     def __post_init__(self) -> None:
         unknown = [h for h in self.heads if h not in HEADS]
         if unknown:
             raise ValueError(f"unknown heads {unknown}; available: {', '.join(HEADS)}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
-        if "random" in self.heads and not 0 < self.budget <= 1:
-            raise ValueError(f"random needs a budget in (0, 1], got {self.budget}")
-        if self.margin not in MARGINS:
-            raise ValueError(f"margin must be one of {', '.join(MARGINS)}, got {self.margin!r}")
-        for name in ("num_classes", "dim", "batch", "steps", "chunk_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.run.data.num_classes < 1:
+            raise ValueError("bench heads needs data.num_classes >= 1")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+    @property
+    def num_classes(self) -> int:
+        return self.run.data.num_classes
+
+    @property
+    def dim(self) -> int:
+        return self.run.model.embedding_dim
+
+    @property
+    def batch(self) -> int:
+        return self.run.train.batch_size
+
+    @property
+    def dtype(self) -> str:
+        """The products' dtype, ``"fp32"`` or ``"bf16"`` (``"auto"`` resolved on the device)."""
+        resolved = matmul_dtype(self.run.head.matmul_dtype, torch.device(self.device))
+        return "bf16" if resolved == torch.bfloat16 else "fp32"
 
 
 def run_heads(config: HeadBenchConfig, log: Callable[[str], None] = print) -> list[dict]:
@@ -143,7 +137,8 @@ def _set_threads(config: HeadBenchConfig) -> None:
 def _reference_gemm_rate(config: HeadBenchConfig) -> float:
     """FLOP/s of a plain torch.mm [batch, dim] x [dim, n], n = min(classes, 65536)."""
     _set_threads(config)
-    dtype, device = DTYPES[config.dtype], torch.device(config.device)
+    device = torch.device(config.device)
+    dtype = matmul_dtype(config.dtype, device)
     columns = min(config.num_classes, _REFERENCE_GEMM_MAX_COLUMNS)
     a = torch.randn(config.batch, config.dim, dtype=dtype, device=device)
     b = torch.randn(config.dim, columns, dtype=dtype, device=device)
@@ -157,7 +152,7 @@ def _measure_head(config: HeadBenchConfig, head: str) -> dict:
     # naive is PyTorch as a user runs it, with glibc's default malloc (keeping its freed
     # [batch, classes] blocks took it past 24 GB at 10^6 classes in fp32)
     kept_freed_memory = config.keep_freed_memory and head != "naive" and keep_freed_memory()
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.run.train.seed)
     device = torch.device(config.device)
     embeddings = torch.randn(config.batch, config.dim, device=device, requires_grad=True)
     labels = torch.randint(0, config.num_classes, (config.batch,), device=device)
@@ -177,7 +172,7 @@ def _measure_head(config: HeadBenchConfig, head: str) -> dict:
         "dim": config.dim,
         "batch": config.batch,
         "dtype": config.dtype,
-        "margin": config.margin if head != "naive" else "softmax",
+        "margin": config.run.head.margin if head != "naive" else "softmax",
         "num_active": extra.pop("num_active", config.num_classes),
         "ms_per_step": statistics.median(times[config.warmup :]) * 1e3,
         **extra,
@@ -209,59 +204,27 @@ def _naive_step(config: HeadBenchConfig, device: torch.device):
 
 
 def _head_step(config: HeadBenchConfig, head_name: str, device: torch.device, extra: dict):
-    """A step of ``ClassifierHead`` with the sampler of ``head_name``; fills ``extra`` with the
-    active class count after each step and, for knn, the graph build time."""
-    from megaclass import samplers
-    from megaclass.heads import ClassifierHead
-    from megaclass.optim import RowAdaGrad, SparseSGD
+    """A step of ``ClassifierHead`` with the sampler of ``head_name``, built as ``megaclass
+    train`` builds it; fills ``extra`` with the active class count after each step and the
+    graph (index) build time."""
+    from megaclass.samplers import Full
 
-    sampler = {
-        "full": samplers.Full,
-        "random": lambda: samplers.Random(config.budget),
-        "knn": lambda: samplers.KNN(
-            config.knn_k, config.budget, config.refresh_every, config.graph_build, config.nprobe
-        ),
-        "ann": lambda: samplers.ANN(
-            k=config.ann_k,
-            group_size=config.group_size,
-            nprobe=config.ann_nprobe,
-            num_bits=config.ann_bits,
-            rerank=config.rerank,
-            refresh_every=config.refresh_every,
-            search=config.ann_search,
-            uniform=config.ann_uniform,
-        ),
-    }[head_name]()
-    head = ClassifierHead(
-        config.num_classes,
-        config.dim,
-        margin=MARGINS[config.margin](),
-        sampler=sampler,
-        chunk_size=config.chunk_size,
-        matmul_dtype=DTYPES[config.dtype],
-        seed=config.seed,
-        device=device,
-    )
-    if head_name == "full":
-        optimizer = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
-    elif config.optimizer == "rowadagrad":
-        optimizer = RowAdaGrad(head, lr=0.1)
-    else:
-        optimizer = SparseSGD(head, lr=0.1, momentum=0.9)
+    sampler = replace(getattr(config.run.head, head_name)) if head_name in _SECTIONS else Full()
+    head = build_head(config.run, config.num_classes, None, device, sampler=sampler)
+    optimizer = build_head_optimizer(config.run, head)
+    seconds = _timed(head.refresh_sampler, device)  # a graph or an index: before the first step
     if head_name == "knn":
-        seconds = _timed(head.refresh_sampler, device)
         extra["graph_build_s"] = seconds
         extra["graph_build"] = "ivf" if sampler.uses_ivf(config.num_classes) else "exact"
-        extra["graph_ms_per_step_amortised"] = seconds * 1e3 / config.refresh_every
-    if head_name == "ann" and config.ann_search == "ivf":
-        seconds = _timed(head.refresh_sampler, device)
+        extra["graph_ms_per_step_amortised"] = seconds * 1e3 / sampler.refresh_every
+    if head_name == "ann" and sampler.search == "ivf":
         extra["index_build_s"] = seconds
-        extra["ann_backend"] = head.sampler.index.backend
-        extra["index_ms_per_step_amortised"] = seconds * 1e3 / config.refresh_every
+        extra["ann_backend"] = sampler.index.backend
+        extra["index_ms_per_step_amortised"] = seconds * 1e3 / sampler.refresh_every
     if head_name == "ann":
-        extra["ann_search"] = config.ann_search
+        extra["ann_search"] = sampler.search
         extra["retrieval_s"] = []
-        retrieve = head.sampler.select
+        retrieve = sampler.select
 
         def timed_retrieval(*args):  # the sampler's retrieval and grouping, timed on its own
             began = time.perf_counter()
@@ -270,7 +233,7 @@ def _head_step(config: HeadBenchConfig, head_name: str, device: torch.device, ex
             extra["retrieval_s"].append(time.perf_counter() - began)
             return selection
 
-        head.sampler.select = timed_retrieval
+        sampler.select = timed_retrieval
 
     def step(embeddings, labels):
         optimizer.zero_grad(set_to_none=True)

@@ -21,6 +21,7 @@ from megaclass.functional.margins import Margin, Softmax
 from megaclass.heads.sharded_cross_entropy import ShardSpec, sharded_cross_entropy
 from megaclass.samplers import Full, Sampler, Selection, Shard
 
+DEFAULT_CHUNK_SIZE = 8192  # classes per chunk of logits: O(batch x 8192) memory
 _KEPT_LOGITS_MAX = 1 << 27  # elements (512 MB in fp32) of sampled logits kept for backward
 _INIT_STD = 0.01
 _INIT_BLOCK = 1 << 16  # rows drawn per seeded block, so a shard's init is independent of world size
@@ -80,7 +81,7 @@ class ClassifierHead(nn.Module):
         sampler: Sampler | None = None,
         process_group: dist.ProcessGroup | None = None,
         *,
-        chunk_size: int | None = 4096,
+        chunk_size: int | None = DEFAULT_CHUNK_SIZE,
         matmul_dtype: torch.dtype = torch.float32,
         ignore_index: int = -100,
         check_finite: bool = True,

@@ -63,17 +63,17 @@ class ANN(Sampler):
     ``refresh_every`` steps, and in between re-encodes the rows each training step scored.
     """
 
-    k: int = 256
-    group_size: int = 64
-    nprobe: int = 8
-    num_lists: int = 0
-    num_bits: int = 128
-    rotation: str = "random"
-    rerank: int = 0
-    refresh_every: int = 1000
-    backend: str = "auto"
-    uniform: float = 0.0
-    search: str = "ivf"
+    k: int = 64  # classes retrieved per sample (all shards)
+    group_size: int = 64  # samples scored together over their candidates
+    nprobe: int = 8  # coarse lists searched per sample
+    num_lists: int = 0  # coarse lists per shard (0: sqrt of the shard)
+    num_bits: int = 128  # code length (a multiple of 64)
+    rotation: str = "random"  # "random" or "itq"
+    rerank: int = 0  # candidates re-ranked by exact cosine (0: none)
+    refresh_every: int = 150  # steps between index rebuilds (rows re-encoded in between)
+    backend: str = "auto"  # Hamming scan: "torch", "faiss" or "auto" (faiss on CPU)
+    uniform: float = 0.0  # share of the classes drawn per step for every group
+    search: str = "ivf"  # "ivf" (the binary index) or "exact" (every class scored)
 
     def __post_init__(self) -> None:
         for name in ("k", "group_size", "nprobe", "refresh_every"):

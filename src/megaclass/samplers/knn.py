@@ -65,16 +65,16 @@ class KNN(Sampler):
 
     EXACT_UP_TO: ClassVar[int] = 1 << 17  # classes up to which the graph is built exactly
 
-    k: int = 32
-    budget: float = 0.1
-    refresh_every: int = 1000
-    build: str = "auto"
-    nprobe: int = 4
-    random_share: float = 0.25
-    logit_correction: bool = True
-    frequent_share: float = 0.0
-    walk_k: int = 0
-    fill: str = "uniform"
+    k: int = 32  # neighbours per class in the class graph
+    budget: float = 0.05  # active classes per step: a fraction (<= 1) or a count
+    refresh_every: int = 150  # steps between graph rebuilds
+    build: str = "auto"  # "exact", "ivf" or "auto" (exact up to 2^17 classes)
+    nprobe: int = 4  # ivf graph: lists each class searches
+    random_share: float = 0.25  # share of the budget always drawn uniformly
+    logit_correction: bool = True  # drawn classes' logits + log(1 / draw rate)
+    frequent_share: float = 0.0  # share of the budget for the most frequent labels so far
+    walk_k: int = 0  # with a frequent share: classes per sample from a graph walk
+    fill: str = "frequency"  # rest of the budget drawn by label "frequency" or "uniform"
 
     def __post_init__(self) -> None:
         if self.k < 1:

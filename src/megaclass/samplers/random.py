@@ -22,8 +22,8 @@ class Random(Sampler):
         (Measured in ``benchmarks/results/accuracy.md``.)
     """
 
-    rate: float = 0.1
-    logit_correction: bool = True
+    rate: float = 0.1  # share of each shard scored per step, labels included
+    logit_correction: bool = True  # drawn classes' logits + log(n / d)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.rate <= 1.0:

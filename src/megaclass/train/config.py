@@ -11,15 +11,43 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from megaclass.functional import margins
+from megaclass.heads.classifier import DEFAULT_CHUNK_SIZE
+from megaclass.plugins import load_object
+from megaclass.samplers import ANN, KNN, Full, Random, Sampler
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 MARGINS = ("softmax", "normsoftmax", "cosface", "arcface", "combined")
-MATMUL_DTYPES = ("fp32", "bf16")
+MATMUL_DTYPES = ("auto", "fp32", "bf16")
 SAMPLERS = ("full", "random", "knn", "ann")
 HEAD_OPTIMIZERS = ("sgd", "rowadagrad")
+
+# keys of earlier versions: where each went
+MOVED_KEYS = {
+    "head.budget": "head.knn.budget (knn) or head.random.rate (random)",
+    "head.logit_correction": "head.knn.logit_correction or head.random.logit_correction",
+    "head.refresh_every": "head.knn.refresh_every or head.ann.refresh_every",
+    "head.knn_k": "head.knn.k",
+    "head.graph_build": "head.knn.build",
+    "head.nprobe": "head.knn.nprobe",
+    "head.knn_random_share": "head.knn.random_share",
+    "head.knn_frequent_share": "head.knn.frequent_share",
+    "head.knn_walk_k": "head.knn.walk_k",
+    "head.knn_fill": "head.knn.fill",
+    "head.ann_k": "head.ann.k",
+    "head.ann_group_size": "head.ann.group_size",
+    "head.ann_nprobe": "head.ann.nprobe",
+    "head.ann_bits": "head.ann.num_bits",
+    "head.ann_rotation": "head.ann.rotation",
+    "head.ann_rerank": "head.ann.rerank",
+    "head.ann_backend": "head.ann.backend",
+    "head.ann_uniform": "head.ann.uniform",
+    "head.ann_search": "head.ann.search",
+}
 
 
 @dataclass
@@ -35,7 +63,7 @@ class DataConfig:
     noise: float = 0.35  # synthetic: input noise relative to the class signal
     eval_samples: int = 10_000  # held-out samples evaluated
     max_len: int = 50  # seqrec: history length (older items dropped, shorter ones padded)
-    seed: int = 0
+    seed: int = 0  # data generation and order
 
     def __post_init__(self) -> None:
         _choice("data.source", self.source, ("synthetic", "features", "seqrec"))
@@ -55,8 +83,8 @@ class ModelConfig:
     """The backbone: ``mlp``, ``sasrec`` (item histories) or a user factory
     ``package.module:function``."""
 
-    backbone: str = "mlp"
-    embedding_dim: int = 128
+    backbone: str = "mlp"  # "mlp", "sasrec" or "package.module:factory"
+    embedding_dim: int = 128  # width of the embedding the head scores
     hidden_dim: int = 512  # mlp
     num_layers: int = 2  # mlp, sasrec
     num_heads: int = 2  # sasrec: attention heads
@@ -81,84 +109,57 @@ class ModelConfig:
 
 @dataclass
 class HeadConfig:
-    """The classifier head: margin, sampler and how its softmax is computed."""
+    """The classifier head: margin, sampler and how its softmax is computed.
 
-    margin: str = "cosface"
-    scale: float = 32.0
+    Each built-in sampler's settings are a section of their own whose keys are the sampler's
+    constructor arguments (``[head.random]``, ``[head.knn]``, ``[head.ann]``: the dataclasses
+    ``Random``, ``KNN`` and ``ANN`` themselves, with their defaults and their validation); only
+    the section of the sampler named by ``sampler`` is used.
+    """
+
+    margin: str = "cosface"  # "softmax", "normsoftmax", "cosface", "arcface" or "combined"
+    scale: float = 32.0  # logit scale of the normalised margins
     margin_value: float = 0.2  # cosface/arcface margin; combined uses m1, m2, m3
-    m1: float = 1.0
-    m2: float = 0.3
-    m3: float = 0.2
+    m1: float = 1.0  # combined: cos(m1 * theta + m2) - m3
+    m2: float = 0.3  # combined
+    m3: float = 0.2  # combined
     sampler: str = "knn"  # "knn", "ann", "random" (Partial FC), "full", or "package.module:Class"
-    budget: float = 0.05  # random, knn: active classes, a fraction (<= 1) or a count (knn only)
-    knn_k: int = 32  # knn: neighbours per class in the graph
-    refresh_every: int = 150  # knn, ann: steps between graph (index) rebuilds
-    graph_build: str = "auto"  # knn: "exact", "ivf" or "auto" (exact up to 2^17 classes)
-    nprobe: int = 4  # knn with an IVF graph: lists each class searches
-    knn_random_share: float = 0.25  # knn: share of the budget always drawn uniformly
-    knn_frequent_share: float = 0.0  # knn: share of the budget for the most frequent labels
-    knn_walk_k: int = 0  # knn with a frequent share: classes per sample found by a graph walk
-    knn_fill: str = "frequency"  # knn: draw the rest by label "frequency" or "uniform"
-    logit_correction: bool = True  # random, knn: drawn classes' logits + log(1 / draw rate)
-    ann_k: int = 64  # ann: classes retrieved per sample (all shards)
-    ann_group_size: int = 64  # ann: samples scored together over their candidates
-    ann_nprobe: int = 8  # ann: coarse lists searched per sample
-    ann_bits: int = 128  # ann: code length (multiple of 64)
-    ann_rotation: str = "random"  # ann: "random" or "itq"
-    ann_rerank: int = 0  # ann: candidates re-ranked by exact cosine (0: none)
-    ann_backend: str = "auto"  # ann: Hamming scan, "torch", "faiss" or "auto" (faiss on CPU)
-    ann_uniform: float = 0.0  # ann: share of the classes drawn uniformly per step for every group
-    ann_search: str = "ivf"  # ann: "ivf" (the binary index) or "exact" (every class scored)
-    chunk_size: int = 8192
-    matmul_dtype: str = "bf16"
+    chunk_size: int = DEFAULT_CHUNK_SIZE  # classes per chunk of logits
+    matmul_dtype: str = "auto"  # products: "bf16", "fp32", "auto" (bf16 where native; lse fp32)
+    random: Random = field(default_factory=Random)
+    knn: KNN = field(default_factory=KNN)
+    ann: ANN = field(default_factory=ANN)
 
     def __post_init__(self) -> None:
         _choice("head.margin", self.margin, MARGINS)
         if ":" not in self.sampler:  # else a Sampler subclass, made with no arguments
             _choice("head.sampler", self.sampler, SAMPLERS)
-        if self.sampler == "random" and not 0 < self.budget <= 1:
-            raise ValueError(f"head.budget must be in (0, 1] for sampler random, got {self.budget}")
-        if not self.budget > 0:
-            raise ValueError(f"head.budget must be > 0, got {self.budget}")
-        _at_least("head.knn_k", self.knn_k, 1)
-        _at_least("head.refresh_every", self.refresh_every, 1)
-        _choice("head.graph_build", self.graph_build, ("auto", "exact", "ivf"))
-        _at_least("head.nprobe", self.nprobe, 1)
-        if not 0 <= self.knn_random_share <= 1:
-            raise ValueError(
-                f"head.knn_random_share must be in [0, 1], got {self.knn_random_share}"
-            )
-        if not 0 <= self.knn_frequent_share <= 1 - self.knn_random_share:
-            raise ValueError(
-                "head.knn_frequent_share must be in [0, 1 - head.knn_random_share], got "
-                f"{self.knn_frequent_share} with knn_random_share {self.knn_random_share}"
-            )
-        _at_least("head.knn_walk_k", self.knn_walk_k, 0)
-        if self.knn_walk_k > 0 and self.knn_frequent_share == 0:
-            raise ValueError(
-                "head.knn_walk_k needs head.knn_frequent_share > 0 (the walks start from the "
-                "most frequent classes)"
-            )
-        _choice("head.knn_fill", self.knn_fill, ("uniform", "frequency"))
-        if self.sampler == "knn" and self.knn_fill == "frequency" and not self.logit_correction:
-            raise ValueError(
-                "head.knn_fill = 'frequency' needs head.logit_correction = true (for knn "
-                "without the correction set head.knn_fill = 'uniform')"
-            )
-        for name in ("ann_k", "ann_group_size", "ann_nprobe"):
-            _at_least(f"head.{name}", getattr(self, name), 1)
-        if self.ann_bits < 64 or self.ann_bits % 64:
-            raise ValueError(
-                f"head.ann_bits must be a positive multiple of 64, got {self.ann_bits}"
-            )
-        _choice("head.ann_rotation", self.ann_rotation, ("random", "itq"))
-        _at_least("head.ann_rerank", self.ann_rerank, 0)
-        _choice("head.ann_backend", self.ann_backend, ("auto", "torch", "faiss"))
-        _choice("head.ann_search", self.ann_search, ("ivf", "exact"))
-        if not 0 <= self.ann_uniform <= 1:
-            raise ValueError(f"head.ann_uniform must be in [0, 1], got {self.ann_uniform}")
         _choice("head.matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)
         _at_least("head.chunk_size", self.chunk_size, 1)
+
+    def build_margin(self) -> margins.Margin:
+        return {
+            "softmax": lambda: margins.Softmax(),
+            "normsoftmax": lambda: margins.NormSoftmax(self.scale),
+            "cosface": lambda: margins.CosFace(self.scale, self.margin_value),
+            "arcface": lambda: margins.ArcFace(self.scale, self.margin_value),
+            "combined": lambda: margins.CombinedMargin(self.scale, self.m1, self.m2, self.m3),
+        }[self.margin]()
+
+    def build_sampler(self) -> Sampler:
+        """A new sampler as configured (a ``"package.module:Class"`` is made with no
+        arguments); each head needs its own."""
+        if ":" in self.sampler:
+            sampler = load_object(self.sampler, "sampler")()
+            if not isinstance(sampler, Sampler):
+                raise ValueError(
+                    f"head.sampler {self.sampler!r} made a {type(sampler).__name__}, not a "
+                    "megaclass.samplers.Sampler"
+                )
+            return sampler
+        if self.sampler == "full":
+            return Full()
+        return dataclasses.replace(getattr(self, self.sampler))
 
 
 @dataclass
@@ -167,14 +168,14 @@ class OptimConfig:
     AdaGrad (4 bytes of state per class instead of a copy of the weights). Linear warm-up, then
     cosine decay."""
 
-    lr: float = 0.2
+    lr: float = 0.2  # peak learning rate (backbone; the head too unless head_lr)
     head_lr: float = 0.0  # 0: same as lr
     backbone_optimizer: str = "sgd"  # "sgd" (with momentum) or "adamw"
     head_optimizer: str = "sgd"  # "sgd" (SparseSGD with momentum) or "rowadagrad"
     head_row_norm: float = 0.3  # sgd with a cosine margin: rows kept at this norm (0: off)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_steps: int = 20
+    momentum: float = 0.9  # SGD momentum (backbone and head)
+    weight_decay: float = 5e-4  # L2 (backbone and head)
+    warmup_steps: int = 20  # linear warm-up, then cosine decay to 0
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -193,14 +194,14 @@ class OptimConfig:
 class TrainConfig:
     """Length of the run, batch, logging and evaluation."""
 
-    steps: int = 300
+    steps: int = 300  # training steps
     batch_size: int = 1024  # global: split over the ranks
-    log_every: int = 10
+    log_every: int = 10  # steps between metrics.jsonl records
     eval_every: int = 0  # 0: only at the end
     patience: int = 0  # evaluations without a better validation score before stopping (0: never)
     threads: int = 0  # torch threads per rank; 0 = torch's default
     stop_on_collapse: bool = True  # stop when the loss diverges or the embeddings collapse
-    seed: int = 0
+    seed: int = 0  # model initialisation and sampling
 
     def __post_init__(self) -> None:
         _at_least("train.steps", self.steps, 1)
@@ -215,6 +216,8 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
+    """When checkpoints are written and how many are kept (``<run>/checkpoints/``)."""
+
     every: int = 100  # steps between checkpoints (and one at the end)
     keep: int = 2  # newest checkpoints kept
 
@@ -225,7 +228,9 @@ class CheckpointConfig:
 
 @dataclass
 class RunConfig:
-    name: str = "default"
+    """A whole run: its name and one section per part."""
+
+    name: str = "default"  # run name: the run folder is runs/<name>
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
@@ -262,41 +267,53 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> RunConfig
 
 
 def from_dict(cls, values: dict[str, Any], prefix: str = ""):
-    """Build dataclass ``cls`` from nested dicts, rejecting unknown keys and wrong types."""
+    """Build dataclass ``cls`` from nested dicts, rejecting unknown keys and wrong types; a
+    section's own validation errors are prefixed with its name."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
+        key = f"{prefix}{unknown[0]}"
+        if key in MOVED_KEYS:
+            raise ValueError(f"config key {key} is now {MOVED_KEYS[key]}")
         raise ValueError(
-            f"unknown config key {prefix}{unknown[0]}; allowed in "
+            f"unknown config key {key}; allowed in "
             f"{'[' + prefix.rstrip('.') + ']' if prefix else 'the top level'}: "
             f"{', '.join(sorted(fields))}"
         )
     kwargs = {}
     for name, value in values.items():
-        default = fields[name].default_factory() if _is_section(fields[name]) else None
-        if dataclasses.is_dataclass(default):
+        if _is_section(fields[name]):
             if not isinstance(value, dict):
                 raise ValueError(f"{prefix}{name} must be a section [{prefix}{name}]")
-            kwargs[name] = from_dict(type(default), value, f"{prefix}{name}.")
+            section = type(fields[name].default_factory())
+            kwargs[name] = from_dict(section, value, f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(f"{prefix}{name}", value, fields[name].type)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as error:
+        if prefix and not str(error).startswith(prefix):
+            raise ValueError(f"[{prefix.rstrip('.')}] {error}") from None
+        raise
 
 
 def to_toml(config: RunConfig) -> str:
     """The configuration as TOML that ``load_config`` reads back to an equal config."""
-    top, sections = [], []
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            lines = [
-                f"{g.name} = {_toml_value(getattr(value, g.name))}"
-                for g in dataclasses.fields(value)
-            ]
-            sections.append(f"[{f.name}]\n" + "\n".join(lines) + "\n")
+    return "\n".join(_toml_sections(config, ""))
+
+
+def _toml_sections(section, name: str) -> list[str]:
+    """``section``'s keys as a TOML table named ``name`` (the top level when empty), followed
+    by its subsections' tables."""
+    keys, tables = [], []
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if _is_section(f):
+            tables += _toml_sections(value, f"{name}.{f.name}" if name else f.name)
         else:
-            top.append(f"{f.name} = {_toml_value(value)}")
-    return "\n".join(top) + "\n\n" + "\n".join(sections)
+            keys.append(f"{f.name} = {_toml_value(value)}\n")
+    header = f"[{name}]\n" if name else ""
+    return [header + "".join(keys), *tables]
 
 
 def _is_section(f: dataclasses.Field) -> bool:

@@ -18,7 +18,6 @@ import numpy as np
 
 from megaclass.train.checkpoint import latest_checkpoint, read_file
 from megaclass.train.config import load_config, to_toml
-from megaclass.train.loop import build_margin
 
 
 def export_run(run_dir: str | Path, out: str | Path) -> Path:
@@ -39,7 +38,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     np.save(out / "class_ids.npy", np.arange(num_classes, dtype=np.int64))
     common = read_file(folder / "common.pt", mmap=False)
     np.savez(out / "backbone.npz", **{k: v.cpu().numpy() for k, v in common["backbone"].items()})
-    margin = build_margin(config)
+    margin = config.head.build_margin()
     manifest = {
         "step": meta["step"],
         "num_classes": num_classes,

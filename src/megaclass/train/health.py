@@ -106,6 +106,6 @@ def collapse_advice(step: int, what: str, run_dir) -> str:
         f"step {step}: {what}; stopped (checkpoints written before are kept; the indicators are "
         f"in {run_dir}/metrics.jsonl). Try: a lower optim.lr or a longer optim.warmup_steps; a "
         f"BatchNorm1d on your backbone's embedding (the built-in MLP has one); a larger "
-        f"head.budget, or head.sampler = 'full' to compare; train.stop_on_collapse = false "
-        f"trains on regardless."
+        f"budget (head.knn.budget, head.random.rate), or head.sampler = 'full' to compare; "
+        f"train.stop_on_collapse = false trains on regardless."
     )

@@ -20,12 +20,11 @@ from torch.nn.parallel import DistributedDataParallel
 from megaclass import samplers
 from megaclass.data import FeatureFiles, SeqRec, SyntheticCatalog
 from megaclass.distributed import shard_range
-from megaclass.functional import margins
+from megaclass.hardware import matmul_dtype
 from megaclass.heads import ClassifierHead
 from megaclass.models import SASRec, build_backbone
 from megaclass.optim import RowAdaGrad, SparseSGD
 from megaclass.optim.rows import RowSparseOptimizer
-from megaclass.plugins import load_object
 from megaclass.train.checkpoint import (
     HeadShard,
     TrainingState,
@@ -42,8 +41,6 @@ from megaclass.train.health import (
 )
 from megaclass.train.progress import Progress
 from megaclass.train.tasks import Classification, NextItem, Task, prediction_rows
-
-_MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -108,23 +105,36 @@ def build_model(config: RunConfig, group: dist.ProcessGroup | None) -> Model:
     else:
         dataset = FeatureFiles(data.path, data.num_classes, data.seed)
     device = _device()
-    head = ClassifierHead(
-        dataset.num_classes,
-        config.model.embedding_dim,
-        margin=build_margin(config),
-        sampler=build_sampler(config),
-        process_group=group,
-        chunk_size=config.head.chunk_size,
-        matmul_dtype=_MATMUL_DTYPES[config.head.matmul_dtype],
-        seed=config.train.seed,
-        check_finite=False,  # the loop checks the loss instead, naming the step
-        device=device,
-    )
+    # the loop checks the loss instead of the embeddings, naming the step
+    head = build_head(config, dataset.num_classes, group, device, check_finite=False)
     torch.manual_seed(config.train.seed)  # the same backbone initialisation on every rank
     backbone = _build_backbone(config, dataset, head).to(device)
     if group is not None:
         backbone = DistributedDataParallel(backbone, process_group=group)
     return Model(config, dataset, backbone, head, group, task)
+
+
+def build_head(
+    config: RunConfig,
+    num_classes: int,
+    group: dist.ProcessGroup | None,
+    device: torch.device,
+    sampler: samplers.Sampler | None = None,
+    check_finite: bool = True,
+) -> ClassifierHead:
+    """The head as ``config.head`` describes it (``sampler``: another in place of its own)."""
+    return ClassifierHead(
+        num_classes,
+        config.model.embedding_dim,
+        margin=config.head.build_margin(),
+        sampler=sampler or config.head.build_sampler(),
+        process_group=group,
+        chunk_size=config.head.chunk_size,
+        matmul_dtype=matmul_dtype(config.head.matmul_dtype, device),
+        seed=config.train.seed,
+        check_finite=check_finite,
+        device=device,
+    )
 
 
 def _build_backbone(config: RunConfig, dataset, head: ClassifierHead) -> torch.nn.Module:
@@ -330,55 +340,6 @@ def evaluate_run(run_dir: str | Path) -> dict:
     if model.head.rank == 0:
         (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
-
-
-def build_margin(config: RunConfig):
-    """The margin object named by ``config.head``."""
-    head = config.head
-    return {
-        "softmax": lambda: margins.Softmax(),
-        "normsoftmax": lambda: margins.NormSoftmax(head.scale),
-        "cosface": lambda: margins.CosFace(head.scale, head.margin_value),
-        "arcface": lambda: margins.ArcFace(head.scale, head.margin_value),
-        "combined": lambda: margins.CombinedMargin(head.scale, head.m1, head.m2, head.m3),
-    }[head.margin]()
-
-
-def build_sampler(config: RunConfig) -> samplers.Sampler:
-    """The sampler named by ``config.head`` (a ``"package.module:Class"`` made with no
-    arguments)."""
-    head = config.head
-    if ":" in head.sampler:
-        return load_object(head.sampler, "sampler")()
-    if head.sampler == "random":
-        return samplers.Random(head.budget, logit_correction=head.logit_correction)
-    if head.sampler == "knn":
-        return samplers.KNN(
-            head.knn_k,
-            head.budget,
-            head.refresh_every,
-            head.graph_build,
-            head.nprobe,
-            random_share=head.knn_random_share,
-            logit_correction=head.logit_correction,
-            frequent_share=head.knn_frequent_share,
-            walk_k=head.knn_walk_k,
-            fill=head.knn_fill,
-        )
-    if head.sampler == "ann":
-        return samplers.ANN(
-            k=head.ann_k,
-            group_size=head.ann_group_size,
-            nprobe=head.ann_nprobe,
-            num_bits=head.ann_bits,
-            rotation=head.ann_rotation,
-            rerank=head.ann_rerank,
-            refresh_every=head.refresh_every,
-            backend=head.ann_backend,
-            uniform=head.ann_uniform,
-            search=head.ann_search,
-        )
-    return samplers.Full()
 
 
 def build_backbone_optimizer(config: RunConfig, backbone: torch.nn.Module):
