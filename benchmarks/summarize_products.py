@@ -27,6 +27,12 @@ def main(folder: Path) -> None:
     for chunk in (4096, 8192):
         record = _load(folder / f"chunk-100000-{chunk}.json")["full"]
         print(f"| {chunk:,} | {record['ms_per_step']:.1f} | {record['peak_rss_mb']:.0f} |")
+    ratio = (
+        by_dtype["bf16"]["full"]["reference_gemm_gflops"]
+        / by_dtype["fp32"]["full"]["reference_gemm_gflops"]
+    )
+    kind = "emulated: no AVX-512 BF16 or AMX" if ratio < 0.5 else "native"
+    print(f"\nbf16 products on this CPU: {kind} (bf16 / fp32 reference rate {ratio:.3f}).")
     machine = by_dtype["fp32"]["full"]["machine"]
     threads, torch = machine["torch_threads"], machine["torch"]
     print(f"\nMachine: {machine['cpu']}, {threads} threads, torch {torch}.")

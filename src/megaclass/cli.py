@@ -66,15 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         help="train (the built-in default on the synthetic catalogue without arguments)",
         description="Train a model. Under torchrun the same command runs hybrid parallel.",
     )
-    train.add_argument("--config", default=None, help="TOML file (see README for the keys)")
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.steps=100 (repeatable)",
-    )
+    _add_config_arguments(train, "TOML file (every key: docs/config.md)")
     train.add_argument("--run-dir", default=None, help="run folder (default runs/<name>)")
     train.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue this run")
     train.set_defaults(run=_train)
@@ -93,15 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         help="time training steps of output layers side by side",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    heads.add_argument("--config", default=None, help="TOML run config whose head is timed")
-    heads.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, as for megaclass train (repeatable; applied last)",
-    )
+    _add_config_arguments(heads, "TOML run config whose head is timed")
     heads.add_argument(
         "--heads", default="naive,full", help="comma-separated: naive, full, random, knn, ann"
     )
@@ -142,6 +126,18 @@ def _parser() -> argparse.ArgumentParser:
     graph.add_argument("--json", default=None, metavar="OUT", help="write the records here")
     graph.set_defaults(run=_bench_graph)
     return parser
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
+    parser.add_argument("--config", default=None, help=config_help)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.steps=100 (repeatable; applied last)",
+    )
 
 
 def _bench_graph(args: argparse.Namespace) -> int:

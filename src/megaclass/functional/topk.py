@@ -1,9 +1,9 @@
 """Exact row-wise top-k of wide score matrices, faster than ``torch.topk`` on CPU.
 
-``torch.topk`` over a [B, c] block runs at ~0.3 G elements/s on a CPU core, while a row
-maximum runs at ~5 G: in class-graph builds and in evaluation over 10^6 classes it was most of
-the time. Measured on [1024, 8192] fp32, 1 thread: k = 5 about 2.5x faster, k = 33 about 1.3x
-(the gathered candidates grow with k); on [1024, 65536] 3x and 2x.
+``torch.topk`` over a [B, c] block runs an order of magnitude slower per element on a CPU core
+than a row maximum: in class-graph builds and in evaluation over 10^6 classes it was most of the
+time (measurements in ``docs/benchmarks.md``, "Kernels"; the gain shrinks as k grows, since the
+gathered candidates grow with k).
 
 Here the columns are split into groups of ``_GROUP``; the k best scores of a row lie in
 the k groups with the highest maxima (a group holding one of them has a maximum at least the k-th
@@ -14,9 +14,7 @@ columns of equal score than ``torch.topk`` would.
 Streaming a top-k over chunks of columns (``merge_row_topk``), a chunk can only contribute
 columns that beat the row's running k-th best score, so only the groups whose maximum does are
 gathered: after the first chunks that is a handful per row, and a chunk costs little more than
-its row maxima. ``shard_topk`` over 10^6 classes, 1,024 queries, k = 96, [1024, 4096] chunks,
-bf16 products, 2 threads: 6.6 s with a ``row_topk`` of every chunk, 2.3 s merged this way
-(about 0.9 s of it the products).
+its row maxima (``shard_topk``; measured in ``docs/benchmarks.md``, "Kernels").
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ class BinaryIVF:
     num_lists: coarse lists; 0 = round(sqrt(rows)).
     rotation: ``"random"`` (orthogonal when num_bits <= dim) or ``"itq"`` (needs num_bits <= dim).
     backend: the Hamming scan: ``"torch"`` (tensor ops, any device), ``"faiss"`` (CPU, faiss's
-        IndexBinaryIVF over the same codes and lists: 12x faster on 2 CPU cores) or ``"auto"``
+        IndexBinaryIVF over the same codes and lists: faster, ``docs/benchmarks.md``) or ``"auto"``
         (faiss for CPU weights when it is installed). ``self.backend`` says which is used.
     """
 

@@ -2,12 +2,10 @@
 
 A uniform fill estimates the sum of exponentials over the classes not chosen outright from a
 uniform sample of them; when a few of those classes carry most of a sample's mass, the estimate
-swings with whether they were drawn. On the 10^5-class synthetic catalogue (a trained knn model,
-10% budget) the classes outside the labels, the frequent share and each sample's best three hold
-43% of a sample's non-target mass, and a 2,500-class uniform draw estimates their sum with a
-relative standard deviation of 0.68; drawing in proportion to ``label count + 0.1`` gives 0.42
-(the variance of 2.6 times as many uniform draws). Rows once seen as labels have moved towards
-their samples and catch more mass than rows still near their random start.
+swings with whether they were drawn. Rows once seen as labels have moved towards their samples
+and catch more mass than rows still near their random start, so drawing in proportion to
+``label count + 0.1`` lowers the estimate's variance (measured in ``docs/benchmarks.md``,
+"Kernels").
 
 The draw is stratified, so that its size is exact and its cost O(budget): the shard's classes
 are bucketed by label count (0, 1, 2-3, 4-7, ...; rebuilt with the frequent classes), the fill is

@@ -10,7 +10,7 @@ import os
 import resource
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ from megaclass import samplers
 from megaclass.data import FeatureFiles, SeqRec, SyntheticCatalog
 from megaclass.distributed import shard_range
 from megaclass.hardware import matmul_dtype
-from megaclass.heads import ClassifierHead
+from megaclass.heads import ClassifierHead, HeadOutput
 from megaclass.models import SASRec, build_backbone
 from megaclass.optim import RowAdaGrad, SparseSGD
 from megaclass.optim.rows import RowSparseOptimizer
@@ -160,148 +160,201 @@ def _build_backbone(config: RunConfig, dataset, head: ClassifierHead) -> torch.n
 
 def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
     """Train (or continue) a run in ``run_dir``; returns the summary written to summary.json."""
-    run_dir = Path(run_dir)
     group = init_distributed()
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    model = build_model(config, group)
-    rank0 = model.head.rank == 0
-    opt = config.optim
-    backbone_optimizer = build_backbone_optimizer(config, model.backbone)
-    head_optimizer = build_head_optimizer(config, model.head)
-    start = 0
-    if resume:
-        state, shard = load_checkpoint(latest_checkpoint(run_dir), model.head)
-        _unwrap(model.backbone).load_state_dict(state.backbone)
-        backbone_optimizer.load_state_dict(state.backbone_optimizer)
-        _restore_head(model.head, head_optimizer, state, shard)
-        start = state.step
-    elif rank0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.toml").write_text(to_toml(config))
-        (run_dir / "metrics.jsonl").write_text("")
+    trainer = Trainer(config, Path(run_dir), build_model(config, group))
+    start = trainer.restore() if resume else trainer.create_run_folder()
+    with _stop_on_signals() as stop_requested:
+        steps = trainer.run(start, stop_requested)
+    return trainer.finish(steps)
 
-    def checkpoint(step: int) -> Path:
+
+@dataclass
+class Window:
+    """The training steps since the last log record."""
+
+    began: float = field(default_factory=time.perf_counter)
+    loss: float = 0.0  # summed over the steps
+    steps: int = 0
+    samples: int = 0
+
+
+class Trainer:
+    """One run on this rank: the model, its optimizers and schedule, the log, the best score
+    so far and the checkpoints. ``train`` calls ``restore`` or ``create_run_folder``, then
+    ``run``, then ``finish``."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, model: Model):
+        self.config, self.run_dir, self.model = config, run_dir, model
+        self.rank0 = model.head.rank == 0
+        self.backbone_optimizer = build_backbone_optimizer(config, model.backbone)
+        self.head_optimizer = build_head_optimizer(config, model.head)
+        self.health = HealthWatch(config.optim.warmup_steps, model.head.embedding_dim)
+        self.best: dict = {}  # the best validation score so far: step, metrics (and test then)
+        self.evaluations_since_best = 0
+        self.last_metrics: dict = {}
+        self.samples, self.graph_s, self.began = 0, 0.0, 0.0
+
+    def restore(self) -> int:
+        """Load the newest checkpoint; the step to continue from."""
+        model = self.model
+        state, shard = load_checkpoint(latest_checkpoint(self.run_dir), model.head)
+        _unwrap(model.backbone).load_state_dict(state.backbone)
+        self.backbone_optimizer.load_state_dict(state.backbone_optimizer)
+        _restore_head(model.head, self.head_optimizer, state, shard)
+        return state.step
+
+    def create_run_folder(self) -> int:
+        """A new run: its folder with config.toml and an empty metrics.jsonl (rank 0); step 0."""
+        if self.rank0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.toml").write_text(to_toml(self.config))
+            (self.run_dir / "metrics.jsonl").write_text("")
+        return 0
+
+    def run(self, start: int, stop_requested) -> int:
+        """Train from step ``start``; the steps done when it ends (fewer than ``train.steps``
+        when early stopping ends it)."""
+        train, model = self.config.train, self.model
+        steps = train.steps
+        self.progress = Progress(steps, start, train.log_every, enabled=self.rank0)
+        self.progress.line(
+            f"megaclass train: {model.dataset.num_classes:,} classes, {steps} steps of "
+            f"{train.batch_size}, {model.head.world_size} rank(s), run folder {self.run_dir}"
+            + (f", resuming at step {start}" if start else "")
+        )
+        self.began, window = time.perf_counter(), Window()
+        self.graph_s += _refresh_sampler(model.head, start, self.progress)
+        for step in range(start, steps):
+            loss, out, embeddings = self.train_step(step)
+            done = step + 1
+            if done < steps:  # not after the last step: nothing would use what it rebuilds
+                self.graph_s += _refresh_sampler(model.head, done, self.progress)
+            window.loss, window.steps = window.loss + loss, window.steps + 1
+            window.samples += out.num_samples
+            self.samples += out.num_samples
+            if done % train.log_every == 0 or done == steps:
+                self.log(done, window, out, embeddings)
+                window = Window()
+            self.progress.update(done, loss=loss)
+            if done % self.config.checkpoint.every == 0 and done < steps:
+                self.checkpoint(done)
+            if _any_rank(stop_requested(), model.group):
+                path = self.checkpoint(done)
+                raise Interrupted(f"interrupted after step {done}; checkpoint {path}")
+            if train.patience and self.evaluations_since_best >= train.patience:
+                self.progress.line(
+                    f"step {done}: no better validation score in {self.evaluations_since_best} "
+                    f"evaluations since step {self.best['step']}: stopping early"
+                )
+                return done
+        return steps
+
+    def train_step(self, step: int) -> tuple[float, HeadOutput, torch.Tensor]:
+        """One optimizer step of backbone and head at the scheduled learning rate: the loss,
+        the head's output and this rank's embeddings."""
+        opt, model = self.config.optim, self.model
+        lr_scale = _lr_scale(step, self.config.train.steps, opt.warmup_steps)
+        for optimizer, base in (
+            (self.backbone_optimizer, opt.lr),
+            (self.head_optimizer, opt.head_lr or opt.lr),
+        ):
+            for group in optimizer.param_groups:
+                group["lr"] = base * lr_scale
+        inputs, labels = model.dataset.train_batch(
+            step, self.config.train.batch_size, model.local_rows
+        )
+        device = model.head.weight.device
+        embeddings, labels = prediction_rows(model.backbone(inputs.to(device)), labels.to(device))
+        out = model.head(embeddings, labels)
+        loss = out.loss.item()
+        if not math.isfinite(loss):
+            kept = [p.name for p in (self.run_dir / "checkpoints").glob("step-*[0-9]")]
+            raise NonFiniteLoss(
+                f"loss is {loss} at step {step}; stopped without saving. Last good "
+                f"checkpoint: {max(kept) if kept else 'none'}"
+            )
+        self.backbone_optimizer.zero_grad(set_to_none=True)
+        self.head_optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.backbone_optimizer.step()
+        self.head_optimizer.step()
+        return loss, out, embeddings
+
+    def log(self, done: int, window: Window, out: HeadOutput, embeddings: torch.Tensor) -> None:
+        """A metrics.jsonl record for the window ending at step ``done``: loss, rate, embedding
+        spread, the evaluation when due; stops a run that collapsed or diverged."""
+        config, model = self.config, self.model
+        metrics = {
+            "step": done,
+            "loss": window.loss / window.steps,
+            "lr": config.optim.lr
+            * _lr_scale(done - 1, config.train.steps, config.optim.warmup_steps),
+            "samples_per_s": window.samples / (time.perf_counter() - window.began),
+            "active_classes": out.num_active,
+            **embedding_spread(embeddings, model.group),
+        }
+        problem = self.health.check(done, metrics["loss"], metrics)
+        every = config.train.eval_every
+        if every and done % every == 0 and done < config.train.steps:
+            self.head_optimizer.catch_up()
+            metrics.update(model.task.evaluate(model))
+            if not self.best or model.task.score(metrics) > model.task.score(self.best):
+                self.best = _best_metrics(model, done, metrics)
+                self.evaluations_since_best = 0
+            else:
+                self.evaluations_since_best += 1
+        if self.rank0:
+            _append_jsonl(self.run_dir / "metrics.jsonl", metrics)
+        self.last_metrics = metrics
+        if problem and config.train.stop_on_collapse:
+            raise TrainingCollapsed(collapse_advice(done, problem, self.run_dir))
+
+    def checkpoint(self, step: int) -> Path:
+        model = self.model
         state = TrainingState(
             step,
             _unwrap(model.backbone).state_dict(),
-            backbone_optimizer.state_dict(),
-            _head_shared(model.head, head_optimizer),
+            self.backbone_optimizer.state_dict(),
+            _head_shared(model.head, self.head_optimizer),
         )
-        shard = _head_shard(model.head, head_optimizer)
-        return save_checkpoint(run_dir, state, model.head, shard, config.checkpoint.keep)
+        shard = _head_shard(model.head, self.head_optimizer)
+        return save_checkpoint(self.run_dir, state, model.head, shard, self.config.checkpoint.keep)
 
-    steps, batch = config.train.steps, config.train.batch_size
-    progress = Progress(steps, start, config.train.log_every, enabled=rank0)
-    progress.line(
-        f"megaclass train: {model.dataset.num_classes:,} classes, {steps} steps of {batch}, "
-        f"{model.head.world_size} rank(s), run folder {run_dir}"
-        + (f", resuming at step {start}" if resume else "")
-    )
-    began, window_began = time.perf_counter(), time.perf_counter()
-    window_loss, window_steps, window_samples, samples, graph_s = 0.0, 0, 0, 0, 0.0
-    last_metrics: dict = {}
-    best: dict = {}  # the best validation score so far: step, metrics (and test then)
-    evaluations_since_best = 0
-    health = HealthWatch(opt.warmup_steps, model.head.embedding_dim)
-    graph_s += _refresh_sampler(model.head, start, progress)
-    with _stop_on_signals() as stop_requested:
-        for step in range(start, steps):
-            lr_scale = _lr_scale(step, steps, opt.warmup_steps)
-            for optimizer, base in (
-                (backbone_optimizer, opt.lr),
-                (head_optimizer, opt.head_lr or opt.lr),
-            ):
-                for group_ in optimizer.param_groups:
-                    group_["lr"] = base * lr_scale
-            inputs, labels = model.dataset.train_batch(step, batch, model.local_rows)
-            device = model.head.weight.device
-            embeddings, labels = prediction_rows(
-                model.backbone(inputs.to(device)), labels.to(device)
-            )
-            out = model.head(embeddings, labels)
-            loss = out.loss.item()
-            if not math.isfinite(loss):
-                kept = [p.name for p in (run_dir / "checkpoints").glob("step-*[0-9]")]
-                raise NonFiniteLoss(
-                    f"loss is {loss} at step {step}; stopped without saving. Last good "
-                    f"checkpoint: {max(kept) if kept else 'none'}"
-                )
-            backbone_optimizer.zero_grad(set_to_none=True)
-            head_optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            backbone_optimizer.step()
-            head_optimizer.step()
-            done = step + 1
-            if done < steps:  # not after the last step: nothing would use what it rebuilds
-                graph_s += _refresh_sampler(model.head, done, progress)
-            window_loss, window_steps = window_loss + loss, window_steps + 1
-            window_samples, samples = window_samples + out.num_samples, samples + out.num_samples
-            if done % config.train.log_every == 0 or done == steps:
-                elapsed = time.perf_counter() - window_began
-                last_metrics = {
-                    "step": done,
-                    "loss": window_loss / window_steps,
-                    "lr": opt.lr * lr_scale,
-                    "samples_per_s": window_samples / elapsed,
-                    "active_classes": out.num_active,
-                    **embedding_spread(embeddings, model.group),
-                }
-                problem = health.check(done, last_metrics["loss"], last_metrics)
-                if config.train.eval_every and done % config.train.eval_every == 0 and done < steps:
-                    head_optimizer.catch_up()
-                    last_metrics.update(model.task.evaluate(model))
-                    if not best or model.task.score(last_metrics) > model.task.score(best):
-                        best = _best_metrics(model, done, last_metrics)
-                        evaluations_since_best = 0
-                    else:
-                        evaluations_since_best += 1
-                if rank0:
-                    _append_jsonl(run_dir / "metrics.jsonl", last_metrics)
-                if problem and config.train.stop_on_collapse:
-                    raise TrainingCollapsed(collapse_advice(done, problem, run_dir))
-                window_loss, window_steps, window_samples = 0.0, 0, 0
-                window_began = time.perf_counter()
-            progress.update(done, loss=loss)
-            if done % config.checkpoint.every == 0 and done < steps:
-                checkpoint(done)
-            if _any_rank(stop_requested(), model.group):
-                path = checkpoint(done)
-                raise Interrupted(f"interrupted after step {done}; checkpoint {path}")
-            if config.train.patience and evaluations_since_best >= config.train.patience:
-                progress.line(
-                    f"step {done}: no better validation score in {evaluations_since_best} "
-                    f"evaluations since step {best['step']}: stopping early"
-                )
-                steps = done
-                break
-    total = time.perf_counter() - began
-    head_optimizer.catch_up()
-    path = checkpoint(steps)
-    metrics = model.task.evaluate_all(model)
-    if not best or model.task.score(metrics) > model.task.score(best):
-        best = {"step": steps, **model.task.epochs(model, steps), **metrics}
-    summary = {
-        **metrics,
-        "best": best,
-        "steps": steps,
-        **model.task.epochs(model, steps),
-        "total_time_s": total,
-        "mean_samples_per_s": samples / total if total > 0 else 0.0,
-        "graph_build_s": graph_s,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "world_size": model.head.world_size,
-        "num_classes": model.dataset.num_classes,
-        "checkpoint": str(path),
-    }
-    if rank0:
-        if last_metrics.get("step") == steps:
-            _append_jsonl(run_dir / "metrics.jsonl", {"step": steps, **metrics})
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    progress.line(f"{model.task.headline(metrics)}; {summary['mean_samples_per_s']:.0f} samples/s")
-    if best["step"] != steps:
-        progress.line(f"best validation at step {best['step']}: {model.task.headline(best)}")
-    return summary
+    def finish(self, steps: int) -> dict:
+        """The final checkpoint and evaluation; writes and returns the summary."""
+        model, task = self.model, self.model.task
+        total = time.perf_counter() - self.began
+        self.head_optimizer.catch_up()
+        path = self.checkpoint(steps)
+        metrics = task.evaluate_all(model)
+        best = self.best
+        if not best or task.score(metrics) > task.score(best):
+            best = {"step": steps, **task.epochs(model, steps), **metrics}
+        summary = {
+            **metrics,
+            "best": best,
+            "steps": steps,
+            **task.epochs(model, steps),
+            "total_time_s": total,
+            "mean_samples_per_s": self.samples / total if total > 0 else 0.0,
+            "graph_build_s": self.graph_s,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "world_size": model.head.world_size,
+            "num_classes": model.dataset.num_classes,
+            "checkpoint": str(path),
+        }
+        if self.rank0:
+            if self.last_metrics.get("step") == steps:
+                _append_jsonl(self.run_dir / "metrics.jsonl", {"step": steps, **metrics})
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self.progress.line(
+            f"{task.headline(metrics)}; {summary['mean_samples_per_s']:.0f} samples/s"
+        )
+        if best["step"] != steps:
+            self.progress.line(f"best validation at step {best['step']}: {task.headline(best)}")
+        return summary
 
 
 def _best_metrics(model: Model, step: int, metrics: dict) -> dict:
