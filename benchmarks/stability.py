@@ -27,7 +27,7 @@ RUNS = ROOT / "runs" / "stability"
 DATA = RUNS / "data"
 HEADS = {
     "full": ["head.sampler='full'"],
-    "random": ["head.sampler='random'", "head.random.rate=0.05"],  # knn's default budget
+    "random": ["head.sampler='random'"],
     "knn": ["head.sampler='knn'"],
     "ann": ["head.sampler='ann'"],
 }

@@ -102,11 +102,11 @@ def test_knn_with_a_budget_of_all_classes_equals_full(fill):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_active_set_is_labels_then_nearest_neighbours_then_cut():
+def test_active_set_is_labels_then_budget_more_nearest_neighbours():
     g = torch.Generator().manual_seed(2)
     weight = torch.randn(NUM_CLASSES, DIM, generator=g)
     labels = torch.tensor([5, 9, 400])
-    head = _head(samplers.KNN(k=3, budget=9, random_share=0.0, fill="uniform"), weight)
+    head = _head(samplers.KNN(k=3, budget=6, random_share=0.0, fill="uniform"), weight)
     head(torch.randn(3, DIM, generator=g), labels).loss.backward()
     active = set(head.weight.grad.coalesce().indices()[0].tolist())
     graph = brute_force_graph(weight, 3)
@@ -117,12 +117,12 @@ def test_active_set_is_labels_then_nearest_neighbours_then_cut():
 @pytest.mark.parametrize("correction", [True, False])
 def test_a_share_of_the_budget_is_drawn_uniformly_with_corrected_logits(correction):
     knn = samplers.KNN(
-        k=3, budget=9, random_share=1 / 3, logit_correction=correction, fill="uniform"
+        k=3, budget=6, random_share=1 / 2, logit_correction=correction, fill="uniform"
     )
     positives = torch.tensor([5, 9, 400, 5])
     neighbours = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 10]])  # global ids, nearest first
-    chosen = torch.tensor([1, 4, 5, 7, 9, 400])  # labels, then first neighbours, to 9 - 3
-    selection = knn.choose(positives, neighbours, 0, NUM_CLASSES, 9, torch.Generator())
+    chosen = torch.tensor([1, 4, 5, 7, 9, 400])  # labels, then first neighbours: 3 + 6 - 3
+    selection = knn.choose(positives, neighbours, 0, NUM_CLASSES, 6, torch.Generator())
     assert len(selection.rows) == 9 and torch.isin(chosen, selection.rows).all()
     if not correction:
         assert selection.logit_offsets is None
@@ -134,11 +134,11 @@ def test_a_share_of_the_budget_is_drawn_uniformly_with_corrected_logits(correcti
 
 
 def test_frequent_classes_come_after_the_labels_and_before_the_neighbours():
-    knn = samplers.KNN(k=3, budget=9, random_share=0.0, frequent_share=0.5, fill="uniform")
+    knn = samplers.KNN(k=3, budget=6, random_share=0.0, frequent_share=0.5, fill="uniform")
     positives = torch.tensor([5, 9, 400, 5])
     neighbours = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 10]])  # global ids, nearest first
     frequent = torch.tensor([9, 30, 31, 32])  # a label among them counts once
-    selection = knn.choose(positives, neighbours, 0, NUM_CLASSES, 9, torch.Generator(), frequent)
+    selection = knn.choose(positives, neighbours, 0, NUM_CLASSES, 6, torch.Generator(), frequent)
     assert selection.rows.tolist() == [1, 4, 5, 7, 9, 30, 31, 32, 400]
 
 
@@ -148,11 +148,11 @@ def test_walked_classes_come_after_the_frequent_ones_best_first_over_samples():
     neighbours = torch.tensor([[1, 2, 3]])
     walked = torch.tensor([[40, 41], [50, -1], [40, 60]])  # 3 samples, best first
     ranked = [5, 30, 40, 50, 41, 60, 1, 2, 3]  # labels, frequent, walked (1sts, 2nds), graph
-    for budget in (4, 8):
+    for budget in (3, 7):  # besides the one label
         rows = knn.choose(
             positives, neighbours, 0, NUM_CLASSES, budget, torch.Generator(), frequent, walked
         ).rows
-        assert rows.tolist() == sorted(ranked[:budget])
+        assert rows.tolist() == sorted(ranked[: 1 + budget])
 
 
 def test_walk_of_a_complete_graph_finds_every_samples_best_classes():
@@ -242,13 +242,13 @@ def test_head_scores_every_samples_best_classes_found_by_a_walk():
     assert set(cosines.topk(4, dim=1).indices.reshape(-1).tolist()) <= active
 
 
-def test_small_budgets_fill_with_random_classes_and_keep_labels():
+def test_the_budget_is_filled_with_random_classes_besides_the_labels():
     head = _head(samplers.KNN(k=2, budget=0.1, fill="uniform"), torch.randn(NUM_CLASSES, DIM))
     labels = torch.randint(0, NUM_CLASSES, (64,))
     out = head(torch.randn(64, DIM), labels)
     out.loss.backward()
     active = head.weight.grad.coalesce().indices()[0]
-    assert out.num_active == len(active) == max(101, labels.unique().numel())
+    assert out.num_active == len(active) == 101 + labels.unique().numel()
     assert set(labels.tolist()) <= set(active.tolist())
 
 

@@ -54,8 +54,8 @@ def test_random_sampling_scores_labels_plus_random_classes_with_sparse_gradients
         margin, sampler, w, x.detach(), y, lambda h: SparseSGD(h, lr=0.1)
     )
     active = grad.coalesce().indices()[0]
-    assert out.num_active == len(active) == int(0.1 * NUM_CLASSES)
     batch_classes = y[y >= 0].unique()
+    assert out.num_active == len(active) == len(batch_classes) + int(0.1 * NUM_CLASSES)
     assert set(batch_classes.tolist()) <= set(active.tolist())
     untouched = torch.ones(NUM_CLASSES, dtype=torch.bool)
     untouched[active] = False
@@ -76,10 +76,16 @@ def test_random_sampling_scores_labels_plus_random_classes_with_sparse_gradients
     assert torch.allclose(dense_grad[active].double(), one_step, rtol=1e-4, atol=1e-6)
 
 
-def test_random_keeps_all_positives_beyond_the_rate():
+def test_random_draws_its_rate_besides_the_labels_however_many_they_are():
+    """Labels covering more than the rate leave the draw intact (Partial FC would score the
+    labels alone)."""
     head = megaclass.ClassifierHead(1000, DIM, sampler=samplers.Random(0.01))
     chosen = head.sampler.select(torch.arange(50), torch.zeros(50, DIM), head.weight, True)
-    assert torch.equal(chosen.rows, torch.arange(50)) and chosen.logit_offsets is None
+    assert len(chosen.rows) == 60 and torch.isin(torch.arange(50), chosen.rows).all()
+    drawn = chosen.logit_offsets > 0
+    assert int(drawn.sum()) == 10 and not torch.isin(chosen.rows[drawn], torch.arange(50)).any()
+    every = head.sampler.select(torch.arange(995), torch.zeros(995, DIM), head.weight, True)
+    assert torch.equal(every.rows, torch.arange(1000))  # capped at the shard
     with pytest.raises(ValueError, match="rate"):
         samplers.Random(0.0)
 
@@ -197,8 +203,8 @@ def test_sparse_sgd_rejects_bad_settings():
 
 def test_sampled_head_gradient_is_never_dense():
     head = megaclass.ClassifierHead(100_000, 8, sampler=samplers.Random(0.001))
-    head(torch.randn(16, 8), torch.randint(0, 100_000, (16,))).loss.backward()
-    assert head.weight.grad.is_sparse and head.weight.grad._nnz() == 100
+    head(torch.randn(16, 8), torch.arange(16) * 6000).loss.backward()  # 16 distinct labels
+    assert head.weight.grad.is_sparse and head.weight.grad._nnz() == 16 + 100
 
 
 def test_two_forward_passes_before_one_backward_keep_their_own_logits():

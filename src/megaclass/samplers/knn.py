@@ -21,15 +21,20 @@ _WALK_ENTRY_POOL = 4096  # most frequent classes a graph walk may start from (al
 
 @dataclass
 class KNN(Sampler):
-    """A step scores the batch's labels, then (with ``frequent_share``) the shard's most frequent
-    training classes so far, then (with ``walk_k``) each sample's best classes found by a walk of
-    the class graph, then the labels' neighbours in the class KNN graph (nearest first; the
-    ranking is cut from its end to leave ``random_share`` of the budget), then uniformly drawn
-    classes, to exactly ``budget`` classes, so that every step costs the same.
+    """A step scores the batch's labels and ``budget`` classes besides them: first (with
+    ``frequent_share``) the shard's most frequent training classes so far, then (with ``walk_k``)
+    each sample's best classes found by a walk of the class graph, then the labels' neighbours in
+    the class KNN graph (nearest first; the ranking is cut from its end to leave ``random_share``
+    of the budget), then uniformly drawn classes, to exactly ``budget`` more than the labels.
+
+    The labels do not use up the budget: when a batch's labels cover many of the classes (a small
+    catalogue, or a large batch), a budget that included them would leave no room for negatives
+    of the sampler's choice, and each sample's softmax would run over the batch's labels alone
+    (measured in ``benchmarks/results/stability.md``).
 
     k: neighbours per class in the graph.
-    budget: a fraction of all classes (0 < budget <= 1) or an absolute count (> 1), split over
-        the ranks in proportion to their shards. The labels are always kept, even beyond it.
+    budget: classes scored besides the labels, a fraction of all classes (0 < budget <= 1) or an
+        absolute count (> 1), split over the ranks in proportion to their shards.
     refresh_every: training steps between rebuilds of the graph (it is built before the first).
     build: how the graph is built: ``"exact"`` (blocked matrix products, C^2 D work),
         ``"ivf"`` (approximate, from an inverted-file partition, about C * nprobe * sqrt(C) * D
@@ -66,7 +71,7 @@ class KNN(Sampler):
     EXACT_UP_TO: ClassVar[int] = 1 << 17  # classes up to which the graph is built exactly
 
     k: int = 32  # neighbours per class in the class graph
-    budget: float = 0.05  # active classes per step: a fraction (<= 1) or a count
+    budget: float = 0.05  # classes scored besides the labels: a fraction (<= 1) or a count
     refresh_every: int = 150  # steps between graph rebuilds
     build: str = "auto"  # "exact", "ivf" or "auto" (exact up to 2^17 classes)
     nprobe: int = 4  # ivf graph: lists each class searches
@@ -123,7 +128,7 @@ class KNN(Sampler):
         return int(self.frequent_share * budget)
 
     def local_budget(self, num_classes: int, num_local: int) -> int:
-        """Classes this shard scores per step."""
+        """Classes this shard scores per step besides its labels."""
         total = self.budget * num_classes if self.budget <= 1 else min(self.budget, num_classes)
         return min(num_local, round(total * num_local / num_classes))
 
@@ -262,8 +267,8 @@ class KNN(Sampler):
         nearest_first = neighbours.t().reshape(-1) - class_start  # all 1st, then all 2nd, ...
         ranked.append(nearest_first[(nearest_first >= 0) & (nearest_first < num_local)])
         ranked = first_occurrences(torch.cat(ranked))
-        wanted = max(budget, len(positives))
-        chosen = ranked[: max(wanted - int(self.random_share * budget), len(positives))]
+        wanted = min(num_local, len(positives) + budget)
+        chosen = ranked[: wanted - int(self.random_share * budget)]
         if self.fill == "frequency" and strata is not None:
             return select_with_count_fill(chosen, wanted, strata, generator)
         return select_with_fill(chosen, wanted, num_local, generator, self.logit_correction)

@@ -12,17 +12,19 @@ from megaclass.samplers.uniform import Selection, select_with_fill
 
 @dataclass
 class Random(Sampler):
-    """On each rank: the classes of the global batch that it owns, plus uniformly drawn other
-    classes of its shard up to ``rate`` of the shard (Partial FC). A batch whose positives
-    already exceed the rate keeps all of them. ``Random(rate=1.0)`` scores every class, exactly
-    as ``Full()``.
+    """On each rank: the classes of the global batch that it owns, plus ``rate`` of its shard
+    drawn uniformly from the other classes (Partial FC's class sampling, with one difference:
+    Partial FC draws up to ``rate`` of the shard including the labels, so that a batch whose
+    labels cover that many classes is scored over its labels alone, which trains measurably
+    worse: ``benchmarks/results/stability.md``). ``Random(rate=1.0)`` scores every class,
+    exactly as ``Full()``.
 
     logit_correction: add ``log(n / d)`` to the logits of the ``d`` drawn classes that stand for
         the ``n`` classes not in the batch (see ``Selection``); off, this is Partial FC exactly.
         (Measured in ``benchmarks/results/accuracy.md``.)
     """
 
-    rate: float = 0.1  # share of each shard scored per step, labels included
+    rate: float = 0.1  # share of each shard drawn per step besides the labels
     logit_correction: bool = True  # drawn classes' logits + log(n / d)
 
     def __post_init__(self) -> None:
@@ -35,5 +37,5 @@ class Random(Sampler):
         """The shard's labels in the batch plus a uniform draw: rows [A] (see ``Sampler``)."""
         positives = labels[labels >= 0].unique()
         num_local = self.shard.num_local
-        wanted = max(int(self.rate * num_local), len(positives))
+        wanted = min(num_local, len(positives) + int(self.rate * num_local))
         return select_with_fill(positives, wanted, num_local, self.generator, self.logit_correction)
