@@ -41,7 +41,6 @@ from megaclass.train.config import RunConfig
 from megaclass.train.loop import build_head, build_head_optimizer
 
 HEADS = ("naive", "full", "random", "knn", "ann")
-_SECTIONS = ("random", "knn", "ann")  # heads whose sampler has a [head.<name>] section
 _REFERENCE_GEMM_MAX_COLUMNS = 65536
 
 
@@ -207,9 +206,7 @@ def _head_step(config: HeadBenchConfig, head_name: str, device: torch.device, ex
     """A step of ``ClassifierHead`` with the sampler of ``head_name``, built as ``megaclass
     train`` builds it; fills ``extra`` with the active class count after each step and the
     graph (index) build time."""
-    from megaclass.samplers import Full
-
-    sampler = replace(getattr(config.run.head, head_name)) if head_name in _SECTIONS else Full()
+    sampler = replace(config.run.head, sampler=head_name).build_sampler()
     head = build_head(config.run, config.num_classes, None, device, sampler=sampler)
     optimizer = build_head_optimizer(config.run, head)
     seconds = _timed(head.refresh_sampler, device)  # a graph or an index: before the first step
