@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from megaclass.train import load_config, train
 from tests.distributed.harness import run_ranks
 
@@ -60,7 +62,9 @@ def train_on_ranks(group, run_dir, overrides, resume):
 
 def resume_two_ranks_on_three(tmp_path: Path, overrides: list[str]) -> tuple[Path, Path]:
     """Train 10 steps on 2 ranks (checkpoints every 5), then resume its step-5 checkpoint on 3
-    ranks to step 10: the two run folders."""
+    ranks to step 10, and check that steps 6-10 have the same losses on both: the two run
+    folders."""
+    overrides = [*overrides, "train.steps=10", "checkpoint.every=5", "checkpoint.keep=5"]
     two, three = tmp_path / "two", tmp_path / "three"
     run_ranks(2, train_on_ranks, two, overrides, False)
     shutil.copytree(two, three)
@@ -69,4 +73,7 @@ def resume_two_ranks_on_three(tmp_path: Path, overrides: list[str]) -> tuple[Pat
         "\n".join((three / "metrics.jsonl").read_text().splitlines()[:5]) + "\n"
     )
     run_ranks(3, train_on_ranks, three, overrides, True)
+    two_losses, three_losses = step_losses(two), step_losses(three)
+    for step in range(6, 11):
+        assert three_losses[step] == pytest.approx(two_losses[step], rel=1e-4), step
     return two, three
