@@ -6,7 +6,8 @@ synthetic catalogue and on the taxonomy feature files (``megaclass.data.taxonomy
 
 Groups (default: all, in this order): ``balanced`` (5,000 balanced classes of both generators,
 50 and 200 steps, and budgets), ``tail`` (10^5 classes of both generators, 300 steps, 10%
-budget), ``long`` (10^5 taxonomy classes, 1,000 steps), ``grid`` (10^5 taxonomy classes, 100
+budget), ``million`` (10^6 synthetic classes, 300 steps, 10% budget; full takes over an hour
+at one thread), ``long`` (10^5 taxonomy classes, 1,000 steps), ``grid`` (10^5 taxonomy classes, 100
 steps: learning rate x head x backbone). Every run
 uses ``head.matmul_dtype = "fp32"`` and 1 thread, two runs side by side. A run whose summary
 exists is not run again. Writes benchmarks/results/stability-runs.md and stability.png (the plot
@@ -49,6 +50,8 @@ def data_args(source: str) -> list[str]:
         return ["data.num_classes=5000", "data.zipf=0.0"]
     if source == "synthetic-100k":
         return ["data.num_classes=100000", "data.eval_samples=10000"]
+    if source == "synthetic-1m":
+        return ["data.num_classes=1000000", "data.eval_samples=10000"]
     return ["data.source='features'", f"data.path='{DATA / source}'", "data.num_classes=0"]
 
 
@@ -102,6 +105,15 @@ def planned(groups: list[str]) -> dict[str, list[str]]:
                 "train.steps=300",
                 "train.eval_every=50",
                 *WITHOUT_BN,
+            ]
+    if "million" in groups:
+        for head in ("full", "knn", "ann", "random"):  # full first: it takes longest
+            runs[f"synthetic-1m-300-{head}"] = [
+                *data_args("synthetic-1m"),
+                *HEADS[head],
+                *budget(0.1),
+                "train.steps=300",
+                "train.eval_every=100",
             ]
     if "long" in groups:
         for head in ("full", "ann", "random", "knn"):
@@ -170,7 +182,7 @@ def summarize() -> None:
 
 
 if __name__ == "__main__":
-    groups = sys.argv[1:] or ["balanced", "tail", "long", "grid"]
+    groups = sys.argv[1:] or ["balanced", "tail", "million", "long", "grid"]
     RUNS.mkdir(parents=True, exist_ok=True)
     make_data()
     with ThreadPoolExecutor(2) as pool:

@@ -53,7 +53,7 @@ def main() -> None:
         seed=0,
     )
     backbone_opt = torch.optim.SGD(backbone.parameters(), lr=0.2, momentum=0.9)
-    head_opt = megaclass.optim.SparseSGD(head, lr=0.2, momentum=0.9, row_norm=0.3)
+    head_opt = megaclass.optim.SparseSGD(head, lr=0.2)  # the trainer's momentum and row norm
 
     generator = torch.Generator().manual_seed(1 + rank)  # each rank draws its own samples
     head.refresh_sampler()  # builds the class graph: before the first step

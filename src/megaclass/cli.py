@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
 import sys
 
 
@@ -12,7 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     from megaclass.train import Interrupted, NonFiniteLoss, TrainingCollapsed
 
     try:
-        return args.run(args)
+        with _library_messages_on_stderr():
+            return args.run(args)
     except ValueError as error:
         print(f"megaclass: error: {error}", file=sys.stderr)
         return 2
@@ -22,6 +26,36 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as error:
         print(f"megaclass: {error}", file=sys.stderr)
         return 130
+
+
+class _ShortFormatter(logging.Formatter):
+    """INFO: the message alone; WARNING and above: ``megaclass: warning: message``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"megaclass: {record.levelname.lower()}: {message}"
+        return message
+
+
+@contextlib.contextmanager
+def _library_messages_on_stderr():
+    """Within the block, the library's messages (logger "megaclass", INFO and above: progress
+    of long builds, what the data holds, warnings) go to stderr, on rank 0 only under torchrun.
+    Only the "megaclass" logger is changed (never the root logger), and only meanwhile."""
+    logger = logging.getLogger("megaclass")
+    rank0 = os.environ.get("RANK", "0") == "0"
+    handler = logging.StreamHandler(sys.stderr) if rank0 else logging.NullHandler()
+    handler.setFormatter(_ShortFormatter())
+    level = logger.level
+    logger.addHandler(handler)
+    if rank0:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 # megaclass bench heads: flag, the config keys it sets, type, choices
@@ -57,9 +91,12 @@ def _toml_literal(value) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from megaclass import __version__
+
     parser = argparse.ArgumentParser(
         prog="megaclass", description="Train classifiers with millions of classes."
     )
+    parser.add_argument("--version", action="version", version=f"megaclass {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser(
         "train",
@@ -68,15 +105,81 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_config_arguments(train, "TOML file (every key: docs/config.md)")
     train.add_argument("--run-dir", default=None, help="run folder (default runs/<name>)")
-    train.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue this run")
+    train.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue this run from its newest checkpoint with its own config.toml; --set may "
+        "change only the keys that can change mid-run, e.g. train.steps to extend it",
+    )
     train.set_defaults(run=_train)
-    evaluate = commands.add_parser("eval", help="held-out top-1/top-5 of a run's checkpoint")
-    evaluate.add_argument("run_dir")
+    evaluate = commands.add_parser(
+        "eval",
+        help="held-out metrics of a run's newest checkpoint",
+        description="Evaluate a run's newest checkpoint on its held-out data (every class "
+        "scored); prints the metrics and writes RUN_DIR/eval.json.",
+    )
+    evaluate.add_argument("run_dir", help="the run folder")
     evaluate.set_defaults(run=_eval)
-    export = commands.add_parser("export", help="write a run's weights as NumPy files")
-    export.add_argument("run_dir")
-    export.add_argument("out")
+    export = commands.add_parser(
+        "export",
+        help="write a run's model as an export folder",
+        description="Write a run's newest checkpoint as an export folder: manifest.json, "
+        "backbone.safetensors, class_weights.npy, class_ids.npy (docs/training.md).",
+    )
+    export.add_argument("run_dir", help="the run folder")
+    export.add_argument("out", help="the export folder to write")
     export.set_defaults(run=_export)
+    predict = commands.add_parser(
+        "predict",
+        help="top-k classes of every row of a .npy file",
+        description="Predict the k best classes of every input row with a trained run or export "
+        "(every class scored). Under torchrun the class rows are sharded over the ranks.",
+    )
+    predict.add_argument("model", metavar="RUN_DIR", help="a run folder or an export folder")
+    predict.add_argument(
+        "--input",
+        required=True,
+        metavar="FILE.npy",
+        help="inputs as the backbone takes them: float32 [N, F] features, or int64 [N, L] item "
+        "histories for a sequence backbone",
+    )
+    predict.add_argument("--k", type=int, default=10, help="classes per input (default 10)")
+    predict.add_argument(
+        "--output",
+        default=None,
+        metavar="OUT",
+        help="OUT.npy (structured array, fields ids and scores) or OUT.jsonl (one "
+        '{"ids": [...], "scores": [...]} per line); default: JSON lines on stdout',
+    )
+    predict.add_argument("--batch-size", type=int, default=1024, help="rows per batch")
+    predict.set_defaults(run=_predict)
+    config = commands.add_parser(
+        "config",
+        help="print the resolved configuration as TOML",
+        description="Print the configuration that --config and --set resolve to, as TOML with "
+        "each key's meaning; megaclass train --config reads it back.",
+    )
+    _add_config_arguments(config, "TOML file (every key: docs/config.md)")
+    config.set_defaults(run=_config)
+    plot = commands.add_parser(
+        "plot",
+        help="draw runs' metrics against steps into an image",
+        description="Draw the training loss, the held-out metrics, samples/s and active classes "
+        "of runs against steps, one panel each, the runs overlaid (needs matplotlib: "
+        'pip install "megaclass[plot]").',
+    )
+    plot.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="run folders with a metrics.jsonl"
+    )
+    plot.add_argument(
+        "--output",
+        "-o",
+        required=True,
+        metavar="FILE.png",
+        help="the image to write; its suffix picks the format (.png, .svg, .pdf)",
+    )
+    plot.set_defaults(run=_plot)
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(
         dest="bench", required=True
     )
@@ -113,8 +216,10 @@ def _parser() -> argparse.ArgumentParser:
         help="build time and recall@k of the class KNN graph builds (exact, IVF)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    graph.add_argument("--num-classes", type=int, default=100_000)
-    graph.add_argument("--dim", type=int, default=128)
+    graph.add_argument(
+        "--num-classes", type=int, default=100_000, help="classes (random unit vectors)"
+    )
+    graph.add_argument("--dim", type=int, default=128, help="width of the class vectors")
     graph.add_argument("--k", type=int, default=32, help="neighbours per class")
     graph.add_argument("--nprobe", default="1,2,4,8", help="comma-separated IVF nprobe values")
     graph.add_argument(
@@ -122,7 +227,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     graph.add_argument("--queries", type=int, default=2000, help="classes whose recall is measured")
     graph.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"], help="build products")
-    graph.add_argument("--threads", type=int, default=None)
+    graph.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     graph.add_argument("--json", default=None, metavar="OUT", help="write the records here")
     graph.set_defaults(run=_bench_graph)
     return parser
@@ -168,6 +273,8 @@ def _bench_heads(args: argparse.Namespace) -> int:
     tune_process(keep_freed=False, huge_pages=True)  # each head keeps freed memory or not
 
     heads = tuple(h.strip() for h in args.heads.split(",") if h.strip())
+    if args.num_classes is not None and args.num_classes < 1:
+        raise ValueError(f"--num-classes: num_classes must be >= 1, got {args.num_classes}")
     if args.budget is not None and args.budget > 1 and "random" in heads:
         raise ValueError(f"--budget {args.budget:g} is a count; random takes a rate <= 1")
     shortcuts = [
@@ -204,15 +311,13 @@ def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from megaclass.process import tune_process
-    from megaclass.train import load_config, train
+    from megaclass.train import load_config, resumed_config, train
 
     if args.resume:
-        if args.config or args.overrides:
-            raise ValueError(
-                "--resume continues a run with its own config.toml; drop --config/--set"
-            )
+        if args.config:
+            raise ValueError("--resume continues a run with its own config.toml; drop --config")
         run_dir = Path(args.resume)
-        config = load_config(str(run_dir / "config.toml"))
+        config = resumed_config(run_dir, args.overrides)
     else:
         config = load_config(args.config, args.overrides)
         run_dir = Path(args.run_dir) if args.run_dir else _free_run_dir(Path("runs") / config.name)
@@ -249,4 +354,63 @@ def _export(args: argparse.Namespace) -> int:
     from megaclass.train.export import export_run
 
     print(f"wrote {export_run(args.run_dir, args.out)}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from megaclass.train.plot import plot_runs
+
+    print(f"wrote {plot_runs(args.run_dirs, args.output)}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    import torch.distributed
+
+    from megaclass.inference import predict_file
+    from megaclass.train import init_distributed, load_run
+
+    group = init_distributed()
+    try:
+        model = load_run(args.model, group)
+        show = _progress_printer("predict") if model.head.rank == 0 else None
+        found = predict_file(model, args.input, args.k, args.output, args.batch_size, show)
+        if group is not None:
+            torch.distributed.barrier(group)  # no rank leaves while rank 0 writes
+    finally:
+        if group is not None:
+            torch.distributed.destroy_process_group()
+    if found is None:  # not rank 0
+        return 0
+    if args.output:
+        print(f"wrote {args.output}: {len(found.ids):,} rows, top {args.k}", file=sys.stderr)
+    else:
+        for ids, scores in zip(found.ids.tolist(), found.scores.tolist(), strict=True):
+            print(json.dumps({"ids": ids, "scores": scores}))
+    return 0
+
+
+def _progress_printer(what: str):
+    """``on_batch(done, total)`` that prints ``what: done/total batches`` to stderr, a few
+    times a second at most."""
+    import time
+
+    last = [0.0]
+
+    def on_batch(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] > 0.5:
+            last[0] = now
+            print(f"{what}: {done}/{total} batches", file=sys.stderr, flush=True)
+
+    return on_batch
+
+
+def _config(args: argparse.Namespace) -> int:
+    from megaclass.train import load_config
+    from megaclass.train.reference import explained_toml
+
+    print(explained_toml(load_config(args.config, args.overrides)), end="")
     return 0

@@ -77,3 +77,18 @@ def resume_two_ranks_on_three(tmp_path: Path, overrides: list[str]) -> tuple[Pat
     for step in range(6, 11):
         assert three_losses[step] == pytest.approx(two_losses[step], rel=1e-4), step
     return two, three
+
+
+def write_features(folder: Path, num_classes=50, rows=2000, dim=12) -> Path:
+    """Feature files of ``num_classes`` Gaussian clusters (300 held-out rows) in ``folder``."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(num_classes, dim)).astype(np.float32)
+    for split, n in (("train", rows), ("eval", 300)):
+        y = rng.integers(0, num_classes, n).astype(np.int64)
+        x = (centres[y] + 0.3 * rng.normal(size=(n, dim))).astype(np.float32)
+        np.save(folder / f"{split}_x.npy", x)
+        np.save(folder / f"{split}_y.npy", y)
+    return folder

@@ -1,8 +1,14 @@
 """The command line end to end, as a user runs it."""
 
 import json
+import logging
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
+
+from megaclass import cli
 
 FIELDS = {
     "head",
@@ -110,3 +116,62 @@ def test_bench_heads_times_the_head_a_run_config_trains(tmp_path):
     assert ann["config"]["run"]["head"]["ann"]["k"] == 8 and ann["num_active"] < 2000
     bad = _megaclass("bench", "heads", "--config", str(config), "--set", "head.knn_k=8")
     assert bad.returncode == 2 and "head.knn_k is now head.knn.k" in bad.stderr
+
+
+TINY_FEATURE_RUN = [
+    "data.source=features",
+    "head.sampler=full",
+    "model.embedding_dim=16",
+    "model.hidden_dim=32",
+    "train.steps=1",
+    "train.batch_size=64",
+    "train.threads=1",
+    "head.matmul_dtype=fp32",
+]
+
+
+def test_feature_files_announce_their_own_class_count_and_warn_about_a_mistyped_label(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, rows in (("train", 600), ("eval", 100)):
+        np.save(tmp_path / f"{split}_x.npy", rng.normal(size=(rows, 8)).astype(np.float32))
+        np.save(tmp_path / f"{split}_y.npy", np.arange(rows, dtype=np.int64) % 50)
+    labels = np.load(tmp_path / "train_y.npy")
+    labels[7] = 999  # a typo for 49
+    np.save(tmp_path / "train_y.npy", labels)
+    overrides = [arg for item in TINY_FEATURE_RUN for arg in ("--set", item)]
+    result = _megaclass(
+        "train", *overrides, "--set", f"data.path={tmp_path}", "--run-dir", str(tmp_path / "run")
+    )
+    assert result.returncode == 0, result.stderr
+    assert "labels 0 to 999, 1,000 classes" in result.stderr
+    assert "megaclass train: 1,000 classes" in result.stderr
+    warning = "megaclass: warning: " + str(tmp_path / "train_y.npy")
+    assert f"{warning}: 949 of 1,000 classes have no training sample" in result.stderr
+
+
+def test_a_missing_sequence_file_is_a_one_line_error(tmp_path):
+    result = _megaclass(
+        "train", "--set", "data.source=seqrec", "--set", "data.path=no-such-walks.txt",
+        "--set", "model.backbone=sasrec", "--run-dir", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    missing = Path.cwd() / "no-such-walks.txt"  # a relative --set path: the current folder
+    assert result.stderr == f"megaclass: error: sequence file {missing} does not exist\n"
+
+
+def test_the_command_line_shows_the_library_s_messages_on_rank_0_only(capsys, monkeypatch):
+    library, root = logging.getLogger("megaclass"), logging.getLogger()
+    before = (library.level, list(library.handlers), root.level, list(root.handlers))
+    monkeypatch.delenv("RANK", raising=False)
+    with cli._library_messages_on_stderr():
+        logging.getLogger("megaclass.index").info("class graph: 1 of 2 classes (50%)")
+        logging.getLogger("megaclass.data").warning("something odd")
+        logging.getLogger("elsewhere").warning("not the library's")
+    assert capsys.readouterr().err == (
+        "class graph: 1 of 2 classes (50%)\nmegaclass: warning: something odd\n"
+    )
+    monkeypatch.setenv("RANK", "1")
+    with cli._library_messages_on_stderr():
+        logging.getLogger("megaclass.index").info("class graph: 1 of 2 classes (50%)")
+    assert capsys.readouterr().err == ""
+    assert (library.level, library.handlers, root.level, root.handlers) == before

@@ -43,7 +43,9 @@ def test_tiny_default_run_end_to_end(tmp_path):
     weights = np.load(tmp_path / "export" / "class_weights.npy")
     assert weights.shape == (500, 32) and weights.dtype == np.float32
     assert np.array_equal(np.load(tmp_path / "export" / "class_ids.npy"), np.arange(500))
-    assert "layers.0.weight" in np.load(tmp_path / "export" / "backbone.npz")
+    manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
+    assert manifest["backbone"]["factory"] == "mlp" and manifest["num_classes"] == 500
+    assert (tmp_path / "export" / "backbone.safetensors").is_file()
 
 
 @pytest.mark.parametrize(

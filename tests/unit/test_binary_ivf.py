@@ -1,10 +1,13 @@
 """BinaryIVF against brute force: Hamming search, exact re-rank, incremental updates."""
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from megaclass.index import BinaryIVF
+import megaclass.logs
+from megaclass.index import BinaryIVF, binary_ivf
 from megaclass.index.binary_ivf import pack_bits, popcount
 from megaclass.index.faiss_hamming import faiss_available
 
@@ -138,3 +141,16 @@ def test_bad_settings_and_use_before_build_raise():
         BinaryIVF().search(torch.randn(2, DIM), 3)
     with pytest.raises(ValueError, match="k >= 1"):
         BinaryIVF(64).build(_weights()).search(torch.randn(2, DIM), 0)
+
+
+def test_a_build_logs_its_progress_and_encodes_block_by_block_as_at_once(caplog, monkeypatch):
+    monkeypatch.setattr(megaclass.logs, "PROGRESS_INTERVAL_S", 0.0)
+    monkeypatch.setattr(binary_ivf, "_BUILD_ROWS", 100)
+    weight = _weights()
+    with caplog.at_level(logging.INFO, logger="megaclass"):
+        index = BinaryIVF(num_bits=128, backend="torch").build(weight)
+    messages = [r.getMessage() for r in caplog.records if r.name == "megaclass.index"]
+    assert messages[0] == f"binary IVF index: 100 of {ROWS:,} classes (9%)"
+    assert messages[-1] == f"binary IVF index: {ROWS:,} of {ROWS:,} classes (100%)"
+    assert torch.equal(index.codes, index.encode(weight))
+    assert torch.equal(index.lists, index.assign(weight, 1)[:, 0])

@@ -3,7 +3,10 @@ from pathlib import Path
 import pytest
 
 from megaclass import samplers
-from megaclass.train.config import RunConfig, from_dict, load_config, to_toml
+from megaclass.bench.heads import HeadBenchConfig
+from megaclass.data.synthetic import DEFAULT_NUM_CLASSES, SyntheticCatalog
+from megaclass.train.config import DataConfig, RunConfig, from_dict, load_config, to_toml
+from megaclass.train.reference import _line_comments
 
 try:
     import tomllib
@@ -84,7 +87,8 @@ def test_unreadable_config_files(tmp_path):
         load_config(str(tmp_path / "bad.toml"))
 
 
-RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.toml"))
+REPOSITORY = Path(__file__).resolve().parents[2]
+RECIPES = sorted((REPOSITORY / "recipes").glob("*.toml"))
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
@@ -93,4 +97,72 @@ def test_recipes_load_and_name_their_data(recipe):
     assert config.name == recipe.stem
     if config.data.source == "seqrec":
         assert config.model.backbone == "sasrec" and config.train.patience > 0
-        assert config.data.path.startswith("../shared/data/seqrec/")
+        assert Path(config.data.path).parent == REPOSITORY.parent / "shared" / "data" / "seqrec"
+
+
+def test_recipes_name_the_same_data_from_any_folder(tmp_path, monkeypatch):
+    recipe = REPOSITORY / "recipes" / "seqrec-beauty.toml"
+    from_root = load_config(str(recipe)).data.path
+    monkeypatch.chdir(tmp_path)
+    assert load_config(str(recipe)).data.path == from_root
+    monkeypatch.chdir(REPOSITORY / "recipes")
+    assert load_config("seqrec-beauty.toml").data.path == from_root
+
+
+def test_a_relative_data_path_in_a_file_is_relative_to_the_file_and_kept_absolute(
+    tmp_path, monkeypatch
+):
+    (tmp_path / "configs").mkdir()
+    config_file = tmp_path / "configs" / "run.toml"
+    config_file.write_text('[data]\nsource = "features"\npath = "../data/features"\n')
+    monkeypatch.chdir(tmp_path / "configs")
+    config = load_config("run.toml")
+    assert config.data.path == str(tmp_path / "data" / "features")
+    saved = tmp_path / "elsewhere" / "config.toml"  # a run's saved config, read back on resume
+    saved.parent.mkdir()
+    saved.write_text(to_toml(config))
+    assert load_config(str(saved)).data.path == config.data.path
+
+
+def test_a_relative_data_path_from_set_is_relative_to_the_current_folder(tmp_path, monkeypatch):
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('[data]\nsource = "seqrec"\npath = "in-file.txt"\n')
+    monkeypatch.chdir(tmp_path / "..")
+    config = load_config(str(config_file), ["data.path=sub/walks.txt"])
+    assert config.data.path == str(tmp_path.parent / "sub" / "walks.txt")
+    assert load_config(None, ["data.path=/abs/walks.txt"]).data.path == "/abs/walks.txt"
+    assert load_config(None, []).data.path == ""  # synthetic: no path
+
+
+def test_num_classes_defaults_to_the_data_s_own_count():
+    default = load_config(None)
+    assert default.data.num_classes == 0
+    # the default run and its benchmark still have the synthetic catalogue's 1,000,000 classes
+    assert SyntheticCatalog(default.data.num_classes).num_classes == 1_000_000
+    assert HeadBenchConfig(run=default).num_classes == 1_000_000
+    features = load_config(None, ["data.source=features", "data.path=x"])
+    with pytest.raises(ValueError, match="bench heads reads no data"):
+        HeadBenchConfig(run=features)
+    assert f"synthetic {DEFAULT_NUM_CLASSES:,}" in _line_comments(DataConfig)["num_classes"]
+    with pytest.raises(ValueError, match=r"data\.num_classes must be >= 0"):
+        load_config(None, ["data.num_classes=-1"])
+
+
+def test_the_library_defaults_are_the_trainers():
+    """``KNN()``, ``ANN()``, ``Random()`` and ``SparseSGD(head, lr)`` are what ``megaclass
+    train`` builds from its defaults."""
+    import torch
+
+    import megaclass
+    from megaclass.train.loop import build_head, build_head_optimizer
+
+    config = RunConfig()
+    assert config.head.build_sampler() == megaclass.samplers.KNN()
+    assert config.head.ann == megaclass.samplers.ANN()
+    assert config.head.random == megaclass.samplers.Random()
+    small = load_config(None, ["data.num_classes=100", "head.sampler='full'"])
+    head = build_head(small, 100, None, torch.device("cpu"))
+    trainer_optimizer = build_head_optimizer(small, head)
+    library_optimizer = megaclass.optim.SparseSGD(head, lr=small.optim.lr)
+    assert trainer_optimizer.defaults == library_optimizer.defaults
+    assert library_optimizer.defaults["row_norm"] > 0  # CosFace: the rows kept at a norm

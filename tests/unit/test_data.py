@@ -1,8 +1,11 @@
+import logging
+
 import numpy as np
 import pytest
 import torch
 
-from megaclass.data import FeatureFiles, SyntheticCatalog, hashing
+from megaclass.data import FeatureFiles, SyntheticCatalog, features, hashing
+from megaclass.data.synthetic import DEFAULT_NUM_CLASSES
 
 
 def test_batches_are_deterministic_and_any_rows_can_be_generated_alone():
@@ -94,3 +97,55 @@ def test_missing_and_corrupt_feature_files(tmp_path):
     (tmp_path / "eval_x.npy").write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"cannot read .*eval_x\.npy"):
         FeatureFiles(tmp_path)
+
+
+def test_the_synthetic_catalogue_without_a_class_count_has_its_own():
+    assert SyntheticCatalog(0).num_classes == DEFAULT_NUM_CLASSES == 1_000_000
+
+
+def test_feature_files_report_their_labels_and_warn_about_classes_without_samples(tmp_path, caplog):
+    labels = np.arange(10, dtype=np.int64) % 4
+    labels[3] = 999  # a mistyped label
+    _features(tmp_path, **{"train_y.npy": labels})
+    with caplog.at_level(logging.INFO, logger="megaclass.data"):
+        data = FeatureFiles(tmp_path)
+    assert data.num_classes == 1000 and data.label_range == (0, 999)
+    assert data.empty_classes == 1000 - 5
+    info, warning = caplog.records
+    assert info.levelno == logging.INFO and "labels 0 to 999, 1,000 classes" in info.message
+    assert warning.levelno == logging.WARNING
+    assert "995 of 1,000 classes have no training sample (e.g. 4, 5, 6, 7, 8)" in warning.message
+    assert "train_y.npy" in warning.message
+
+
+def test_feature_files_whose_labels_cover_every_class_do_not_warn(tmp_path, caplog):
+    _features(tmp_path)
+    with caplog.at_level(logging.INFO, logger="megaclass.data"):
+        assert FeatureFiles(tmp_path).empty_classes == 0
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+
+
+def test_an_explicit_class_count_is_checked_and_kept(tmp_path):
+    _features(tmp_path)
+    assert FeatureFiles(tmp_path, num_classes=6).num_classes == 6
+    with pytest.raises(ValueError, match=r"train_y\.npy: label 3 is outside \[0, 3\)"):
+        FeatureFiles(tmp_path, num_classes=3)
+
+
+@pytest.mark.parametrize("name", ["train_x.npy", "eval_x.npy"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_features_name_the_file_and_the_first_bad_row(tmp_path, monkeypatch, name, bad):
+    monkeypatch.setattr(features, "_SCAN_BYTES", 2 * 3 * 4)  # two rows a block: several blocks
+    x = np.zeros((10 if name == "train_x.npy" else 5, 3), np.float32)
+    x[3, 1] = x[4, 2] = bad
+    _features(tmp_path, **{name: x})
+    with pytest.raises(ValueError, match=rf"{name}: row 3 holds .* \(column 1\); .* finite"):
+        FeatureFiles(tmp_path)
+
+
+def test_a_missing_feature_folder_says_so(tmp_path):
+    with pytest.raises(ValueError, match=r"feature folder .*nowhere does not exist"):
+        FeatureFiles(tmp_path / "nowhere")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match=r"feature folder .*file is not a folder"):
+        FeatureFiles(tmp_path / "file")

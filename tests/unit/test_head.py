@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import megaclass
-from megaclass import margins
+from megaclass import margins, samplers
 from tests.reference import ALL_MARGINS, reference_loss
 
 NUM_CLASSES, DIM, BATCH = 1007, 24, 37
@@ -147,3 +147,51 @@ def test_public_surface():
     assert head.weight.shape == (1000, 16) and head.class_range == (0, 1000)
     out = head(torch.randn(4, 16), torch.tensor([1, 2, 3, 999]))
     assert out.num_active == 1000 and out.loss.dim() == 0
+
+
+def test_a_margin_given_by_name_is_refused_with_the_available_margins():
+    with pytest.raises(ValueError, match=r"margin must be a megaclass\.margins instance, got "):
+        megaclass.ClassifierHead(10, 8, margin="arcface")
+    with pytest.raises(ValueError, match=r"available: Softmax\(\), .*ArcFace\(\), CombinedMargin"):
+        megaclass.ClassifierHead(10, 8, margin=margins.ArcFace)  # the class, not an instance
+
+
+@pytest.mark.parametrize("k", [0, -1, NUM_CLASSES + 1])
+def test_predict_topk_refuses_k_outside_one_to_num_classes(k):
+    head = megaclass.ClassifierHead(NUM_CLASSES, DIM)
+    with pytest.raises(
+        ValueError, match=rf"k must be in \[1, num_classes\] = \[1, {NUM_CLASSES}\]"
+    ):
+        head.predict_topk(torch.randn(3, DIM), k)
+    assert head.predict_topk(torch.randn(3, DIM), NUM_CLASSES)[1].shape == (3, NUM_CLASSES)
+
+
+def _unasked(*args, **kwargs):
+    raise AssertionError("the sampler was asked in eval mode")
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [lambda: samplers.KNN(k=4, budget=0.05), lambda: samplers.Random(rate=0.05)],
+    ids=["knn", "random"],
+)
+def test_eval_mode_scores_every_class_without_asking_the_sampler(sampler, monkeypatch):
+    x, y, w = _problem()
+    margin = margins.CosFace(scale=16.0, margin=0.35)
+    sampled = _head(margin, w, sampler=sampler()).eval()
+    monkeypatch.setattr(sampled.sampler, "select", _unasked)
+    monkeypatch.setattr(sampled.sampler, "refresh", _unasked)
+    out = sampled(x, y)  # a KNN head without a graph: in training it would raise
+    full = _head(margin, w).eval()(x, y)
+    want = reference_loss(x.double(), w.double(), y, margin)
+    assert out.num_active == NUM_CLASSES
+    assert torch.equal(out.loss, full.loss) and _rel(out.loss.detach(), want) <= 1e-5
+
+
+def test_back_in_training_mode_the_sampler_chooses_again():
+    x, y, w = _problem()
+    head = _head(margins.Softmax(), w, sampler=samplers.Random(rate=0.05))
+    head.eval()
+    assert head(x, y).num_active == NUM_CLASSES
+    head.train()
+    assert head(x, y).num_active < NUM_CLASSES

@@ -1,5 +1,6 @@
 """KNN softmax: the exact blocked graph against brute force, the sampler against Full."""
 
+import logging
 import math
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import megaclass
+import megaclass.logs
 from megaclass import margins, samplers
 from megaclass.index import build_ivf_knn_graph, build_knn_graph, spherical_kmeans
 from megaclass.samplers.frequent import FrequentClasses
@@ -295,3 +297,42 @@ def test_budget_is_split_in_proportion_to_shards():
     knn = samplers.KNN(budget=0.1)
     assert knn.local_budget(1007, 336) == 34 and knn.local_budget(1007, 335) == 34
     assert samplers.KNN(budget=500).local_budget(1000, 500) == 250
+
+
+def _progress_records(caplog):
+    return [r for r in caplog.records if r.name == "megaclass.index"]
+
+
+@pytest.mark.parametrize("build", [build_knn_graph, build_ivf_knn_graph], ids=["exact", "ivf"])
+def test_a_graph_build_logs_its_progress(build, caplog, monkeypatch):
+    monkeypatch.setattr(megaclass.logs, "PROGRESS_INTERVAL_S", 0.0)  # every block
+    weight = torch.randn(20_000, 8, generator=torch.Generator().manual_seed(0))
+    with caplog.at_level(logging.INFO, logger="megaclass"):
+        build(weight, len(weight), 4, None)
+    messages = [r.getMessage() for r in _progress_records(caplog)]
+    assert len(messages) >= 3 and all(r.levelno == logging.INFO for r in caplog.records)
+    assert all(m.startswith("class graph: ") and " of 20,000 classes (" in m for m in messages)
+    assert messages[-1] == "class graph: 20,000 of 20,000 classes (100%)"
+
+
+def test_a_fast_graph_build_logs_nothing(caplog):
+    weight = torch.randn(NUM_CLASSES, DIM, generator=torch.Generator().manual_seed(0))
+    with caplog.at_level(logging.INFO, logger="megaclass"):
+        build_knn_graph(weight, NUM_CLASSES, 4, None)
+    assert _progress_records(caplog) == []
+
+
+def test_progress_records_are_throttled_in_time(caplog, monkeypatch):
+    clock = iter([0.0, 1.0, 4.9, 5.0, 6.0, 10.5])
+    monkeypatch.setattr(megaclass.logs.time, "monotonic", lambda: next(clock))
+    logger = logging.getLogger("megaclass.test")
+    with caplog.at_level(logging.INFO, logger="megaclass"):
+        progress = megaclass.logs.ProgressLog(logger, "work", 1000, unit="rows")
+        for done in (100, 200, 300, 400, 500):  # at 1.0, 4.9, 5.0, 6.0, 10.5 s
+            progress.update(done)
+        progress.finish()
+    assert [r.getMessage() for r in caplog.records] == [
+        "work: 300 of 1,000 rows (30%)",
+        "work: 500 of 1,000 rows (50%)",
+        "work: 1,000 of 1,000 rows (100%)",
+    ]

@@ -11,6 +11,9 @@ from megaclass.optim import SparseSGD, sparse_sgd
 from tests.reference import ALL_MARGINS, DIM, NUM_CLASSES, reference_loss
 from tests.reference import sampled_problem as _problem
 
+# torch.optim.SGD's defaults (SparseSGD's are the trainer's: momentum, decay, row norm)
+PLAIN_SGD = {"momentum": 0.0, "weight_decay": 0.0, "row_norm": 0.0}
+
 
 def _step(margin, sampler, w, x, y, optimizer):
     head = megaclass.ClassifierHead(
@@ -33,7 +36,7 @@ def test_random_rate_1_equals_full_including_the_update(margin):
     full = _step(
         margin, samplers.Full(), w, x, y, lambda h: torch.optim.SGD(h.parameters(), lr=0.5)
     )
-    rand = _step(margin, samplers.Random(1.0), w, x, y, lambda h: SparseSGD(h, lr=0.5))
+    rand = _step(margin, samplers.Random(1.0), w, x, y, lambda h: SparseSGD(h, lr=0.5, **PLAIN_SGD))
     assert rand[4].is_sparse and rand[0].num_active == NUM_CLASSES
     assert torch.allclose(rand[0].loss, full[0].loss, rtol=1e-6)
     for a, b in zip(rand[1:4], full[1:4], strict=True):
@@ -51,7 +54,7 @@ def test_random_sampling_scores_labels_plus_random_classes_with_sparse_gradients
     margin = margins.CosFace(scale=16.0, margin=0.2)
     sampler = samplers.Random(0.1, logit_correction=correction)
     out, x_grad, dense_grad, _, grad = _step(
-        margin, sampler, w, x.detach(), y, lambda h: SparseSGD(h, lr=0.1)
+        margin, sampler, w, x.detach(), y, lambda h: SparseSGD(h, lr=0.1, **PLAIN_SGD)
     )
     active = grad.coalesce().indices()[0]
     batch_classes = y[y >= 0].unique()
@@ -113,7 +116,7 @@ def test_sparse_sgd_equals_dense_sgd_with_zero_gradients_elsewhere(settings, mon
     weight = torch.randn(num_rows, 4, generator=g)
     sparse_param = torch.nn.Parameter(weight.clone())
     dense_param = torch.nn.Parameter(weight.clone())
-    sparse_opt = SparseSGD([sparse_param], lr=0.1, **settings)
+    sparse_opt = SparseSGD([sparse_param], lr=0.1, **{**PLAIN_SGD, **settings})
     dense_opt = torch.optim.SGD([dense_param], lr=0.1, **settings)
     for step in range(steps):
         for opt in (sparse_opt, dense_opt):
@@ -147,7 +150,7 @@ def test_sparse_sgd_row_norm_keeps_the_rows_it_writes_at_that_norm():
     rows = torch.tensor([2, 11, 25])
     sparse_param = torch.nn.Parameter(weight.clone())
     twin = torch.nn.Parameter(weight[rows].clone())
-    sparse_opt = SparseSGD([sparse_param], lr=0.1, momentum=0.9, row_norm=0.3)
+    sparse_opt = SparseSGD([sparse_param], lr=0.1, momentum=0.9, weight_decay=0.0, row_norm=0.3)
     twin_opt = torch.optim.SGD([twin], lr=0.1, momentum=0.9)
     for _ in range(4):
         values = torch.randn(3, 4, generator=g)
@@ -193,7 +196,7 @@ def test_sparse_sgd_rejects_bad_settings():
     for kwargs in (
         {"lr": 0},
         {"lr": 0.1, "momentum": 1.0},
-        {"lr": 0.1, "nesterov": True},
+        {"lr": 0.1, "momentum": 0.0, "nesterov": True},
         {"lr": 0.1, "weight_decay": -1},
         {"lr": 0.1, "row_norm": -1.0},
     ):

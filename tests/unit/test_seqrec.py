@@ -1,6 +1,7 @@
 """SeqRec: both file formats, the leave-one-out split, full-ranking metrics, bad input."""
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -93,8 +94,28 @@ def test_ranking_sums_match_hand_computed_values():
 def test_bad_files_are_reported_with_file_and_line(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
         SeqRec(_write(tmp_path, "u.txt", text))
-    with pytest.raises(FileNotFoundError, match="missing"):
+
+
+def test_a_missing_sequence_file_is_a_value_error_saying_where_it_was_looked_up(
+    tmp_path, monkeypatch
+):
+    with pytest.raises(ValueError, match=r"sequence file .*missing\.txt does not exist$"):
         SeqRec(tmp_path / "missing.txt")
+    monkeypatch.chdir(tmp_path)
+    looked_up = rf"\(a relative path, looked up in {re.escape(str(tmp_path))}\)"
+    with pytest.raises(
+        ValueError, match=rf"sequence file data/missing\.txt does not exist {looked_up}"
+    ):
+        SeqRec("data/missing.txt")
+    with pytest.raises(ValueError, match=r"sequence file .* is a folder; expected a file"):
+        SeqRec(tmp_path)
+
+
+def test_an_explicit_item_count_is_checked_and_kept(tmp_path):
+    path = _write(tmp_path, "u.txt", "1 5 6 7 8 9\n2 3 4 5\n")
+    assert SeqRec(path, num_classes=12).num_classes == 12
+    with pytest.raises(ValueError, match=r"u\.txt: item 9 is beyond num_classes = 8"):
+        SeqRec(path, num_classes=8)
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/seqrec not present")

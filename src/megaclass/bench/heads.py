@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megaclass.bench.machine import machine_info
+from megaclass.data.synthetic import DEFAULT_NUM_CLASSES
 from megaclass.hardware import matmul_dtype
 from megaclass.process import keep_freed_memory
 from megaclass.train.config import RunConfig
@@ -63,14 +64,21 @@ class HeadBenchConfig:
         unknown = [h for h in self.heads if h not in HEADS]
         if unknown:
             raise ValueError(f"unknown heads {unknown}; available: {', '.join(HEADS)}")
-        if self.run.data.num_classes < 1:
-            raise ValueError("bench heads needs data.num_classes >= 1")
+        if self.num_classes < 1:
+            raise ValueError(
+                f"bench heads reads no data: with data.source = {self.run.data.source!r} it "
+                "needs data.num_classes >= 1"
+            )
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
 
     @property
     def num_classes(self) -> int:
-        return self.run.data.num_classes
+        """``data.num_classes``; 0 is the synthetic catalogue's own count."""
+        data = self.run.data
+        if data.num_classes == 0 and data.source == "synthetic":
+            return DEFAULT_NUM_CLASSES
+        return data.num_classes
 
     @property
     def dim(self) -> int:

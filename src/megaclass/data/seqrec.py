@@ -18,9 +18,9 @@ one pass per prefix. A user's training sequence ``s_1 .. s_n-2`` is cut into win
 end, so every target ``s_2 .. s_n-2`` appears exactly once; a target in an earlier window of a
 user with more than ``max_len`` training items sees only the history inside its window.
 
-Classes are items: item ``i`` is class ``i - 1`` (``num_classes`` = the largest item id), so
-padding is never a class and never a candidate; a target may be any item, including one the
-user saw before.
+Classes are items: item ``i`` is class ``i - 1`` (``num_classes`` = the largest item id, or a
+larger count given to ``SeqRec``), so padding is never a class and never a candidate; a target
+may be any item, including one the user saw before.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from megaclass.data.paths import missing_path_error, wrong_kind_error
 
 FORMATS = ("auto", "users", "interactions")
 SPLITS = ("valid", "test")
@@ -56,13 +58,23 @@ class SeqRec:
     (``batch_size`` windows: histories [n, max_len], labels [n, max_len]; each epoch visits the
     windows in a seeded order) and ``eval_batches(batch_size, split)`` (histories [n, max_len],
     labels [n]). Users with fewer than 3 items are left out (``num_short_users`` counts them).
+    ``num_classes``: 0 (default) takes the largest item id; given, no item id may exceed it.
     """
 
     def __init__(
-        self, path: str | Path, max_len: int = 50, file_format: str = "auto", seed: int = 0
+        self,
+        path: str | Path,
+        max_len: int = 50,
+        file_format: str = "auto",
+        seed: int = 0,
+        num_classes: int = 0,
     ) -> None:
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
+        if num_classes < 0:
+            raise ValueError(
+                f"num_classes must be >= 0 (0: the largest item id), got {num_classes}"
+            )
         if file_format not in FORMATS:
             raise ValueError(f"file_format must be one of {FORMATS}, got {file_format!r}")
         self.path = Path(path)
@@ -71,7 +83,7 @@ class SeqRec:
         self._seed = seed
         sequences = read_sequences(self.path, file_format)
         self.num_users = len(sequences)
-        self.num_classes = max(max(items) for items in sequences.values())
+        self.num_classes = _item_count(self.path, sequences, num_classes)
         kept = [items for items in sequences.values() if len(items) >= _MIN_ITEMS]
         self.num_short_users = len(sequences) - len(kept)
         if not kept:
@@ -139,11 +151,26 @@ class SeqRec:
         )
 
 
+def _item_count(path: Path, sequences: dict[int, list[int]], num_classes: int) -> int:
+    """The number of classes: the largest item id, or ``num_classes`` when given (checked)."""
+    largest = max(max(items) for items in sequences.values())
+    if num_classes and largest > num_classes:
+        raise ValueError(
+            f"{path}: item {largest} is beyond num_classes = {num_classes} (items are 1 to "
+            "num_classes; 0 takes the largest item id)"
+        )
+    return num_classes or largest
+
+
 def read_sequences(path: Path, file_format: str = "auto") -> dict[int, list[int]]:
     """Each user's items in time order, from either file format; ``ValueError`` naming the file
-    and line for a malformed line, an id < 1 or a user line without items."""
+    and line for a malformed line, an id < 1 or a user line without items, and for a path that
+    does not exist."""
+    path = Path(path)
+    if not path.exists():
+        raise missing_path_error(path, "sequence file")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise wrong_kind_error(path, "sequence file", "a file of user or interaction lines")
     rows = []
     with path.open() as lines:
         for number, line in enumerate(lines, start=1):

@@ -21,6 +21,7 @@ import torch
 
 from megaclass.data import hashing
 
+DEFAULT_NUM_CLASSES = 1_000_000  # the catalogue's classes when none are asked for (0)
 _LATENT_DIM = 32
 _HIDDEN_DIM = 128
 _FAMILY_SPREAD = 0.35  # offset of a class from its family centre, relative to the centre
@@ -29,7 +30,10 @@ _FAMILY, _CLASS, _TRAIN_CLASS, _TRAIN_NOISE, _EVAL_CLASS, _EVAL_NOISE = range(6)
 
 
 class SyntheticCatalog:
-    """A deterministic, streamed classification data set. See the module docstring."""
+    """A deterministic, streamed classification data set. See the module docstring.
+
+    num_classes: 0 takes ``DEFAULT_NUM_CLASSES``.
+    """
 
     def __init__(
         self,
@@ -41,11 +45,15 @@ class SyntheticCatalog:
         eval_samples: int = 10_000,
         seed: int = 0,
     ) -> None:
-        if num_classes < 1 or input_dim < 1 or family_size < 1 or eval_samples < 1:
-            raise ValueError("num_classes, input_dim, family_size and eval_samples must be >= 1")
+        if num_classes < 0:
+            raise ValueError(
+                f"num_classes must be >= 0 (0: {DEFAULT_NUM_CLASSES:,}), got {num_classes}"
+            )
+        if input_dim < 1 or family_size < 1 or eval_samples < 1:
+            raise ValueError("input_dim, family_size and eval_samples must be >= 1")
         if zipf < 0 or noise < 0:
             raise ValueError(f"zipf and noise must be >= 0, got {zipf}, {noise}")
-        self.num_classes = num_classes
+        self.num_classes = num_classes or DEFAULT_NUM_CLASSES
         self.input_dim = input_dim
         self.family_size = family_size
         self.zipf = zipf
@@ -56,7 +64,7 @@ class SyntheticCatalog:
         self._map_in = torch.randn(_LATENT_DIM, _HIDDEN_DIM, generator=generator) * 2.0
         self._map_out = torch.randn(_HIDDEN_DIM, input_dim, generator=generator)
         self._map_out /= self._signal(torch.randn(4096, _LATENT_DIM, generator=generator)).std()
-        self._permute_by = _coprime_multiplier(num_classes)
+        self._permute_by = _coprime_multiplier(self.num_classes)
 
     def class_points(self, class_ids: torch.Tensor) -> torch.Tensor:
         """Unit latent points of classes: [n] -> [n, latent]."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,13 @@ class ClassifierHead(nn.Module):
     3. all_reduce MAX of [B] and all_reduce SUM of [2, B] for the log-sum-exp.
     In backward: one reduce_scatter (SUM) of the gathered embeddings' gradient.
 
+    Training and evaluation: in training mode (``head.train()``, the default) ``forward`` scores
+    the classes the sampler selects. In eval mode (``head.eval()``) it computes the exact full
+    softmax, every class scored, for an evaluation loss: the sampler is neither asked nor
+    updated, whatever it is (its state, graph or index, stays as it was), and ``num_active`` is
+    ``num_classes``. Every rank of the group must be in the same mode. ``predict_topk`` scores
+    every class in either mode.
+
     Gradients: ``weight`` gets the exact gradient of the loss. The embeddings get
     ``world_size * d loss / d embeddings``: a data-parallel backbone (DDP) averages its gradients
     over ranks, and the average of these is exactly the gradient of the loss.
@@ -100,6 +108,7 @@ class ClassifierHead(nn.Module):
             raise ValueError(
                 f"matmul_dtype must be float32, bfloat16 or float16, got {matmul_dtype}"
             )
+        _check_margin(margin)
         sampler = Full() if sampler is None else sampler
         if not isinstance(sampler, Sampler):
             raise ValueError(
@@ -149,7 +158,8 @@ class ClassifierHead(nn.Module):
         )
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
-        """embeddings [B_local, D], labels [B_local] global ids -> HeadOutput."""
+        """embeddings [B_local, D], labels [B_local] global ids -> HeadOutput. In eval mode
+        every class is scored and the sampler is not asked (see the class docstring)."""
         sizes = self._validated_batch_sizes(embeddings, labels)
         all_labels = gather_rows(labels, sizes, self.process_group)  # [B]
         self._check_labels(all_labels, sizes)
@@ -158,7 +168,10 @@ class ClassifierHead(nn.Module):
         ).float()
         if self.margin.normalize:
             queries = F.normalize(queries, dim=1) * self.margin.scale
-        selection, num_active = self._active_rows(all_labels, queries)
+        if self.training:
+            selection, num_active = self._active_rows(all_labels, queries)
+        else:  # the exact full softmax; the sampler is neither asked nor updated
+            selection, num_active = None, self.num_classes
         active_rows = None if selection is None else selection.rows
         spec = ShardSpec(
             class_start=self.class_range[0],
@@ -245,7 +258,10 @@ class ClassifierHead(nn.Module):
         logits without margin (cosine x scale for normalised margins), whatever the sampler.
         Collectives on ``process_group``: the input check and all_gathers of the embeddings,
         then one all_gather of each rank's [B, k] scores and of their class ids.
+        ``ValueError`` unless 1 <= k <= num_classes.
         """
+        if not 1 <= k <= self.num_classes:
+            raise ValueError(f"k must be in [1, num_classes] = [1, {self.num_classes}], got {k}")
         labels = torch.zeros(len(embeddings), dtype=torch.int64, device=embeddings.device)
         sizes = self._validated_batch_sizes(embeddings, labels)
         queries = gather_rows(embeddings, sizes, self.process_group).float()  # [B, D]
@@ -315,6 +331,18 @@ class ClassifierHead(nn.Module):
                 f"outside the valid range [0, {self.num_classes}); use ignore_index="
                 f"{self.ignore_index} for samples that should not count"
             )
+
+
+def _check_margin(margin: object) -> None:
+    """``ValueError`` unless ``margin`` is None or one of the margins of ``megaclass.margins``."""
+    if margin is None or isinstance(margin, Margin):
+        return
+    available = ", ".join(f"{cls.__name__}()" for cls in typing.get_args(Margin))
+    raise ValueError(
+        f"margin must be a megaclass.margins instance, got {margin!r} "
+        f"({type(margin).__name__}); available: {available}, e.g. "
+        "margin=megaclass.margins.ArcFace(scale=64.0, margin=0.5)"
+    )
 
 
 def _drawn_rows_step(selection: Selection | None) -> torch.Tensor | None:

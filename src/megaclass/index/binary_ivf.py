@@ -22,6 +22,7 @@ The index holds the rows of one weight matrix: in a sharded head each rank index
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 
 from megaclass.index.faiss_hamming import FaissHammingLists, faiss_available
 from megaclass.index.ivf_graph import nearest_lists, spherical_kmeans
+from megaclass.logs import ProgressLog
 
 ROTATIONS = ("random", "itq")
 BACKENDS = ("auto", "torch", "faiss")
@@ -37,6 +39,8 @@ _TRAIN_POINTS_PER_LIST = 64  # k-means sample per list
 _ITQ_SAMPLE = 50_000
 _ITQ_ITERATIONS = 30
 _PAIRS_PER_BLOCK = 1 << 17  # (query, row) pairs scored at once: a few MB, cache-resident
+_BUILD_ROWS = 1 << 16  # rows encoded and assigned at once by build
+_log = logging.getLogger("megaclass.index")
 _RERANK_ROWS = 1 << 15  # candidate rows gathered at once for the exact re-rank (16 MB fp32)
 _NO_KEY = torch.iinfo(torch.int64).max
 _M1, _M2, _M4 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F
@@ -93,6 +97,7 @@ class BinaryIVF:
         """Index every row of ``weight`` [C, D] (kept by reference: ``update`` re-reads it).
 
         train: fit a new coarse quantizer and rotation; False keeps those of the last build.
+        Logs its progress to ``megaclass.index`` (see ``megaclass.logs``) when it takes long.
         """
         if weight.dim() != 2 or len(weight) == 0:
             raise ValueError(f"weight must be [rows >= 1, dim], got {tuple(weight.shape)}")
@@ -106,8 +111,7 @@ class BinaryIVF:
             raise ValueError(
                 f"weight has dim {weight.shape[1]}, the trained index {self.rotation.shape[0]}"
             )
-        self.codes = self.encode(self.weight)
-        self.lists = self.assign(self.weight, 1)[:, 0]
+        self.codes, self.lists = self._encode_and_assign(self.weight)
         self._members = None
         if self.requested_backend == "auto":
             on_cpu = self.weight.device.type == "cpu"
@@ -251,6 +255,22 @@ class BinaryIVF:
         per_block = max(1, _PAIRS_PER_BLOCK // max(1, int(probed.max()) if len(probed) else 1))
         for start in range(0, len(probes), per_block):
             yield slice(start, start + per_block)
+
+    def _encode_and_assign(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes [C, num_bits / 64] and nearest lists [C] of every row, a block of rows at a
+        time."""
+        codes = torch.empty(
+            len(weight), self.num_bits // _WORD_BITS, dtype=torch.int64, device=weight.device
+        )
+        lists = torch.empty(len(weight), dtype=torch.int64, device=weight.device)
+        progress = ProgressLog(_log, "binary IVF index", len(weight))
+        for start in range(0, len(weight), _BUILD_ROWS):
+            block = weight[start : start + _BUILD_ROWS]
+            codes[start : start + len(block)] = self.encode(block)
+            lists[start : start + len(block)] = self.assign(block, 1)[:, 0]
+            progress.update(start + len(block))
+        progress.finish()
+        return codes, lists
 
     def _lists_members(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rows sorted by list [C], each list's offsets in them [L + 1] and the codes in that

@@ -14,6 +14,7 @@ assigns its own classes to lists, and each rank's shard (rows and list ids) is b
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -22,11 +23,13 @@ import torch.nn.functional as F
 
 from megaclass.distributed import all_gather_ints, gather_rows
 from megaclass.functional import shard_topk
-from megaclass.index.knn_graph import RunningTopK, shard_start, shards
+from megaclass.index.knn_graph import RunningTopK, compared_classes, shard_start, shards
+from megaclass.logs import ProgressLog
 
 _POINTS_PER_LIST = 64  # k-means training sample per list
 _KMEANS_ITERATIONS = 10
 _QUERY_BLOCK = 2048
+_log = logging.getLogger("megaclass.index")
 
 
 @torch.no_grad()
@@ -47,7 +50,8 @@ def build_ivf_knn_graph(
     Same contract as ``build_knn_graph`` (nearest first, never the class itself, -1 padding).
     ``num_lists`` defaults to round(sqrt(num_classes)). Collectives on ``group``: an all_gather of
     the k-means sample, a broadcast of the centroids from rank 0, then for each rank a broadcast
-    of its rows [C_r, D] and list ids [C_r].
+    of its rows [C_r, D] and list ids [C_r]. Logs its progress to ``megaclass.index`` (see
+    ``megaclass.logs``) when it takes long.
     """
     num_lists = num_lists or max(1, round(math.sqrt(num_classes)))
     weight = weight.detach()
@@ -60,9 +64,12 @@ def build_ivf_knn_graph(
     query_order, query_offsets = _by_list(probes.flatten(), num_lists)
     query_rows = query_rows[query_order]
     found = RunningTopK(len(weight), k, shard_start(num_classes, group), weight.device)
+    progress = ProgressLog(_log, "class graph", num_classes)
     for source_start, keys, key_lists in shards(weight, probes[:, 0], num_classes, group):
         key_order, key_offsets = _by_list(key_lists, num_lists)
         for lst in range(num_lists):
+            share_done = query_offsets[lst] / max(query_offsets[-1], 1)  # of the probes
+            progress.update(compared_classes(source_start, len(keys), share_done))
             rows = query_rows[query_offsets[lst] : query_offsets[lst + 1]]
             columns = key_order[key_offsets[lst] : key_offsets[lst + 1]]
             if len(rows) == 0 or len(columns) == 0:
@@ -79,6 +86,7 @@ def build_ivf_knn_graph(
                     matmul_dtype=matmul_dtype,
                 )
                 found.offer(queries, scores, columns[picked] + source_start)
+    progress.finish()
     return found.graph()
 
 

@@ -8,6 +8,7 @@ Graphs hold int32 global class ids (4 bytes per edge: 10^7 classes x 32 neighbou
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import torch
@@ -16,8 +17,10 @@ import torch.nn.functional as F
 
 from megaclass.distributed import rank_and_size, shard_range
 from megaclass.functional import shard_topk
+from megaclass.logs import ProgressLog
 
 _QUERY_BLOCK = 4096
+_log = logging.getLogger("megaclass.index")
 
 
 @torch.no_grad()
@@ -35,12 +38,15 @@ def build_knn_graph(
     Exact. Nearest first, never the class itself; -1 where fewer than ``k`` other classes exist.
     Collectives on ``group``: one broadcast of each rank's normalised shard [C_r, D] from that
     rank, one shard at a time, so a rank holds at most two shards at once.
+    Logs its progress to ``megaclass.index`` (see ``megaclass.logs``) when it takes long.
     """
     mine = F.normalize(weight.detach().float(), dim=1)  # [C_local, D]
     found = RunningTopK(len(mine), k, shard_start(num_classes, group), weight.device)
+    progress = ProgressLog(_log, "class graph", num_classes)
     for source_start, keys, _ in shards(mine, None, num_classes, group):
         for block in range(0, len(mine), _QUERY_BLOCK):
-            rows = torch.arange(block, min(block + _QUERY_BLOCK, len(mine)), device=mine.device)
+            stop = min(block + _QUERY_BLOCK, len(mine))
+            rows = torch.arange(block, stop, device=mine.device)
             scores, columns = shard_topk(
                 mine[rows],
                 keys,
@@ -50,7 +56,16 @@ def build_knn_graph(
                 matmul_dtype=matmul_dtype,
             )
             found.offer(rows, scores, columns + source_start)
+            progress.update(compared_classes(source_start, len(keys), stop / len(mine)))
+    progress.finish()
     return found.graph()
+
+
+def compared_classes(source_start: int, source_size: int, share_done: float) -> float:
+    """Classes of every rank compared with all of this rank's so far, when the shards come in
+    rank order and ``share_done`` of this rank's classes met the shard starting at
+    ``source_start`` (the progress of a graph build, in classes)."""
+    return source_start + source_size * share_done
 
 
 class RunningTopK:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from megaclass.plugins import load_object
-
 
 class MLP(nn.Module):
     """``num_layers`` hidden layers (Linear, LayerNorm, GELU), then a linear embedding layer
@@ -31,17 +29,3 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.layers(x)  # [B, F] -> [B, D]
-
-
-def build_backbone(
-    spec: str, input_dim: int, embedding_dim: int, hidden_dim: int, num_layers: int
-) -> nn.Module:
-    """``"mlp"`` or ``"package.module:factory"``; a factory is called with
-    ``input_dim=..., embedding_dim=...`` and must return an ``nn.Module``."""
-    if spec == "mlp":
-        return MLP(input_dim, embedding_dim, hidden_dim, num_layers)
-    factory = load_object(spec, "backbone factory")
-    model = factory(input_dim=input_dim, embedding_dim=embedding_dim)
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"backbone factory {spec!r} returned {type(model).__name__}, not a Module")
-    return model

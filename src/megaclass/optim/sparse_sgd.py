@@ -16,6 +16,10 @@ from megaclass.optim.rows import (
 )
 
 MAX_LAG = 1024  # steps a row may lag: each step brings 1 / MAX_LAG of the rows up to date
+# the defaults, which `megaclass train` uses too (`[optim]`, docs/defaults.md)
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
+ROW_NORM = 0.3  # for a head with a cosine margin
 
 
 class SparseSGD(RowSparseOptimizer):
@@ -46,6 +50,10 @@ class SparseSGD(RowSparseOptimizer):
     row goes, only when it gets there. A step's cost stays proportional to its active rows
     (plus ``num_rows / MAX_LAG``).
 
+    The defaults (momentum, weight decay, and a row norm for a head whose margin normalises)
+    are those ``megaclass train`` uses; ``momentum=0, weight_decay=0, row_norm=0`` is plain
+    ``torch.optim.SGD``'s default.
+
     row_norm (> 0, for parameters of 2 or more dimensions): after each update, the rows it wrote
     are rescaled to this norm. For a head whose logits see only each row's direction (cosine
     margins) this changes nothing in the forward pass, but keeps every row's angular step at
@@ -64,10 +72,10 @@ class SparseSGD(RowSparseOptimizer):
         self,
         params: nn.Module | Iterable[torch.Tensor],
         lr: float,
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
+        momentum: float = MOMENTUM,
+        weight_decay: float = WEIGHT_DECAY,
         nesterov: bool = False,
-        row_norm: float = 0.0,
+        row_norm: float | None = None,
     ) -> None:
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
@@ -77,6 +85,9 @@ class SparseSGD(RowSparseOptimizer):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         if nesterov and momentum == 0:
             raise ValueError("nesterov needs momentum > 0")
+        if row_norm is None:  # a head with a cosine margin (logits see only the rows' directions)
+            normalized = getattr(getattr(params, "margin", None), "normalize", False)
+            row_norm = ROW_NORM if normalized else 0.0
         if row_norm < 0:
             raise ValueError(f"row_norm must be >= 0 (0: off), got {row_norm}")
         defaults = {

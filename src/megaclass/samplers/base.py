@@ -48,7 +48,9 @@ class Sampler(abc.ABC):
       training loop does; a user's own loop calls ``head.refresh_sampler()``): builds or
       rebuilds what the sampler keeps from the weights when due, and takes in the steps since
       the last call. The only place where a sampler may change its index or graph.
-    - ``select(labels, queries, weight, training)`` in each forward pass: the step's active rows.
+    - ``select(labels, queries, weight, training)`` in each forward pass of a head in training
+      mode: the step's active rows. A head in eval mode (``head.eval()``) scores every class
+      and calls neither method.
 
     Every rank's sampler receives the same calls in the same order; collectives run only where a
     docstring says so, on ``shard.process_group``. ``state_dict()`` gives the state to

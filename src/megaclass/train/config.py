@@ -7,12 +7,14 @@ was wrong and what is allowed. ``to_toml`` writes the resolved configuration bac
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from megaclass.functional import margins
 from megaclass.heads.classifier import DEFAULT_CHUNK_SIZE
+from megaclass.optim import sparse_sgd
 from megaclass.plugins import load_object
 from megaclass.samplers import ANN, KNN, Full, Random, Sampler
 
@@ -56,7 +58,7 @@ class DataConfig:
 
     source: str = "synthetic"  # "synthetic", "features" or "seqrec"
     path: str = ""  # features: folder with train_x.npy, ...; seqrec: the sequence file
-    num_classes: int = 1_000_000  # synthetic: classes; features: 0 = taken from the labels
+    num_classes: int = 0  # 0: synthetic 1,000,000; features max label + 1; seqrec its item count
     input_dim: int = 64  # synthetic: width of the generated inputs
     family_size: int = 8  # synthetic: classes per family of near-identical products
     zipf: float = 1.0  # synthetic: Zipf exponent of class frequencies (0 = uniform)
@@ -70,7 +72,7 @@ class DataConfig:
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"data.path is required with data.source = {self.source!r}")
         _at_least("data.max_len", self.max_len, 1)
-        _at_least("data.num_classes", self.num_classes, 1 if self.source == "synthetic" else 0)
+        _at_least("data.num_classes", self.num_classes, 0)
         _at_least("data.input_dim", self.input_dim, 1)
         _at_least("data.family_size", self.family_size, 1)
         _at_least("data.zipf", self.zipf, 0.0)
@@ -172,9 +174,9 @@ class OptimConfig:
     head_lr: float = 0.0  # 0: same as lr
     backbone_optimizer: str = "sgd"  # "sgd" (with momentum) or "adamw"
     head_optimizer: str = "sgd"  # "sgd" (SparseSGD with momentum) or "rowadagrad"
-    head_row_norm: float = 0.3  # sgd with a cosine margin: rows kept at this norm (0: off)
-    momentum: float = 0.9  # SGD momentum (backbone and head)
-    weight_decay: float = 5e-4  # L2 (backbone and head)
+    head_row_norm: float = sparse_sgd.ROW_NORM  # sgd, cosine margin: the rows' norm (0: off)
+    momentum: float = sparse_sgd.MOMENTUM  # SGD momentum (backbone and head)
+    weight_decay: float = sparse_sgd.WEIGHT_DECAY  # L2 (backbone and head)
     warmup_steps: int = 20  # linear warm-up, then cosine decay to 0
 
     def __post_init__(self) -> None:
@@ -197,6 +199,7 @@ class TrainConfig:
     steps: int = 300  # training steps
     batch_size: int = 1024  # global: split over the ranks
     log_every: int = 10  # steps between metrics.jsonl records
+    tensorboard: bool = False  # also write the metrics as TensorBoard scalars to <run>/tensorboard
     eval_every: int = 0  # 0: only at the end
     patience: int = 0  # evaluations without a better validation score before stopping (0: never)
     threads: int = 0  # torch threads per rank; 0 = torch's default
@@ -244,7 +247,13 @@ class RunConfig:
 
 
 def load_config(path: str | None = None, overrides: list[str] = ()) -> RunConfig:
-    """The defaults, updated by the TOML file at ``path``, then by ``key=value`` overrides."""
+    """The defaults, updated by the TOML file at ``path``, then by ``key=value`` overrides.
+
+    A relative ``data.path`` is taken relative to the folder of the TOML file that names it, or
+    to the current folder when an override names it, and is kept absolute: a run's saved
+    config.toml names the same data wherever it is read from. Whether it exists is checked when
+    the data is loaded (a config may be written on another machine).
+    """
     values: dict[str, Any] = {}
     if path is not None:
         try:
@@ -254,6 +263,7 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> RunConfig
             raise ValueError(f"cannot read config {path}: {error.strerror}") from None
         except tomllib.TOMLDecodeError as error:
             raise ValueError(f"config {path} is not valid TOML: {error}") from None
+        _absolute_data_path(values, os.path.dirname(os.path.abspath(path)))
     for override in overrides:
         key, value = _parse_override(override)
         section = values
@@ -263,7 +273,60 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> RunConfig
             if not isinstance(section, dict):
                 raise ValueError(f"--set {override}: {part} is not a section")
         section[leaf] = value
+        if key == "data.path":
+            _absolute_data_path(values, os.getcwd())
     return from_dict(RunConfig, values)
+
+
+def _absolute_data_path(values: dict[str, Any], folder: str) -> None:
+    """Make a relative ``data.path`` of ``values`` absolute, relative to ``folder``."""
+    data = values.get("data")
+    path = data.get("path") if isinstance(data, dict) else None
+    if isinstance(path, str) and path:
+        data["path"] = os.path.abspath(os.path.join(folder, os.path.expanduser(path)))
+
+
+# keys that a resumed run may change (megaclass train --resume RUN_DIR --set ...): its length
+# and bookkeeping, nothing that changes what the checkpoint's state means
+RESUMABLE_KEYS = (
+    "train.steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.patience",
+    "train.threads",
+    "train.stop_on_collapse",
+    "train.tensorboard",
+    "checkpoint.every",
+    "checkpoint.keep",
+)
+
+
+def resumed_config(run_dir, overrides: list[str] = ()) -> RunConfig:
+    """A run's own ``config.toml`` with ``overrides`` of ``RESUMABLE_KEYS`` only."""
+    path = f"{run_dir}/config.toml"
+    saved = load_config(path)
+    config = load_config(path, overrides)
+    before, after = _flat(saved), _flat(config)
+    refused = [key for key in after if after[key] != before[key] and key not in RESUMABLE_KEYS]
+    if refused:
+        raise ValueError(
+            f"a resumed run cannot change {', '.join(refused)} (its checkpoint was trained "
+            f"with them); it may change {', '.join(RESUMABLE_KEYS)}. Start a new run with "
+            f"--config {path} to change the others"
+        )
+    return config
+
+
+def _flat(section, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value of every key of ``section`` and its subsections."""
+    values = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if _is_section(f):
+            values.update(_flat(value, f"{prefix}{f.name}."))
+        else:
+            values[f"{prefix}{f.name}"] = value
+    return values
 
 
 def from_dict(cls, values: dict[str, Any], prefix: str = ""):
@@ -297,21 +360,23 @@ def from_dict(cls, values: dict[str, Any], prefix: str = ""):
         raise
 
 
-def to_toml(config: RunConfig) -> str:
-    """The configuration as TOML that ``load_config`` reads back to an equal config."""
-    return "\n".join(_toml_sections(config, ""))
+def to_toml(config: RunConfig, comment=None) -> str:
+    """The configuration as TOML that ``load_config`` reads back to an equal config;
+    ``comment(section_class, key)``, if given, returns the comment written after a key."""
+    return "\n".join(_toml_sections(config, "", comment))
 
 
-def _toml_sections(section, name: str) -> list[str]:
+def _toml_sections(section, name: str, comment) -> list[str]:
     """``section``'s keys as a TOML table named ``name`` (the top level when empty), followed
     by its subsections' tables."""
     keys, tables = [], []
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
         if _is_section(f):
-            tables += _toml_sections(value, f"{name}.{f.name}" if name else f.name)
+            tables += _toml_sections(value, f"{name}.{f.name}" if name else f.name, comment)
         else:
-            keys.append(f"{f.name} = {_toml_value(value)}\n")
+            note = comment(type(section), f.name) if comment else None
+            keys.append(f"{f.name} = {_toml_value(value)}{f'  # {note}' if note else ''}\n")
     header = f"[{name}]\n" if name else ""
     return [header + "".join(keys), *tables]
 

@@ -1,12 +1,9 @@
-"""``megaclass export``: a run's trained model in plain NumPy files, readable without megaclass.
+"""``megaclass export`` and ``megaclass.load_run``: a run's newest checkpoint as a model.
 
-OUT/
-- ``class_weights.npy``: float32 [num_classes, dim], row i = class ``class_ids[i]``;
-- ``class_ids.npy``: int64 [num_classes], the global class id of each row (0..num_classes-1);
-- ``backbone.npz``: the backbone's ``state_dict``, one float32/int64 array per entry name;
-- ``manifest.json``: step, shapes, the margin (whether embeddings and class weights are
-  L2-normalised before scoring, and the scale), and the run's config.
-Class weights are streamed shard by shard into a memory-mapped file, never held whole in memory.
+``export_run`` writes an export folder (``megaclass.inference``: manifest, backbone
+safetensors, class rows as ``.npy``), readable without the run's configuration or data, the
+class rows streamed shard by shard, never all in memory. ``load_run`` loads a run folder or an
+export folder as a ``TrainedModel``.
 """
 
 from __future__ import annotations
@@ -15,39 +12,59 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch.distributed as dist
 
-from megaclass.train.checkpoint import latest_checkpoint, read_file
-from megaclass.train.config import load_config, to_toml
+from megaclass.inference import (
+    ModelDescription,
+    TrainedModel,
+    load_export,
+    read_description,
+    write_export,
+)
+from megaclass.train.checkpoint import latest_checkpoint, load_checkpoint, read_file
 
 
 def export_run(run_dir: str | Path, out: str | Path) -> Path:
-    run_dir, out = Path(run_dir), Path(out)
-    config = load_config(str(run_dir / "config.toml"))
+    """Write the newest checkpoint of ``run_dir`` as an export folder ``out``."""
+    run_dir = Path(run_dir)
+    description = _run_description(run_dir)
     folder = latest_checkpoint(run_dir)
     meta = json.loads((folder / "meta.json").read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    num_classes, dim = meta["num_classes"], meta["embedding_dim"]
-    weights = np.lib.format.open_memmap(
-        out / "class_weights.npy", mode="w+", dtype=np.float32, shape=(num_classes, dim)
-    )
-    for path in sorted(folder.glob("head-*.pt")):
-        shard = read_file(path, mmap=True)
-        start, stop = shard["class_range"]
-        weights[start:stop] = shard["weight"].float().numpy()
-    weights.flush()
-    np.save(out / "class_ids.npy", np.arange(num_classes, dtype=np.int64))
-    common = read_file(folder / "common.pt", mmap=False)
-    np.savez(out / "backbone.npz", **{k: v.cpu().numpy() for k, v in common["backbone"].items()})
-    margin = config.head.build_margin()
-    manifest = {
-        "step": meta["step"],
-        "num_classes": num_classes,
-        "embedding_dim": dim,
-        "normalize": margin.normalize,
-        "scale": margin.scale,
-        "margin": repr(margin),
-        "backbone": config.model.backbone,
-        "config_toml": to_toml(config),
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return out
+
+    def class_rows(weights: np.ndarray) -> None:
+        for path in sorted(folder.glob("head-*.pt")):
+            shard = read_file(path, mmap=True)
+            start, stop = shard["class_range"]
+            weights[start:stop] = shard["weight"].float().numpy()
+
+    backbone = read_file(folder / "common.pt", mmap=False)["backbone"]
+    return write_export(out, description, meta["step"], backbone, class_rows)
+
+
+def load_run(
+    path: str | Path, group: dist.ProcessGroup | None = None, device=None
+) -> TrainedModel:
+    """The model of a run folder (its newest checkpoint, saved at any world size) or of an
+    export folder, for ``predict`` and ``embed``: on this process, or with the class rows
+    sharded over ``group`` (every rank of it calls ``load_run``)."""
+    path = Path(path)
+    if (path / "manifest.json").exists():
+        return load_export(path, group, device)
+    if not (path / "checkpoints").is_dir():
+        raise ValueError(
+            f"{path} is neither a run folder (with checkpoints/) nor an export (manifest.json)"
+        )
+    model = TrainedModel(_run_description(path), group, device)
+    state, _ = load_checkpoint(latest_checkpoint(path), model.head)
+    model.backbone.load_state_dict(state.backbone)
+    return model
+
+
+def _run_description(run_dir: Path) -> ModelDescription:
+    path = run_dir / "model.json"
+    if not path.exists():
+        raise ValueError(
+            f"{path} is missing: the run predates it; resume the run once "
+            f"(megaclass train --resume {run_dir}) to write it"
+        )
+    return ModelDescription.from_json(read_description(path), str(path))

@@ -9,6 +9,7 @@ import math
 import os
 import resource
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,8 @@ from megaclass.data import FeatureFiles, SeqRec, SyntheticCatalog
 from megaclass.distributed import shard_range
 from megaclass.hardware import matmul_dtype
 from megaclass.heads import ClassifierHead, HeadOutput
-from megaclass.models import SASRec, build_backbone
+from megaclass.inference import ModelDescription
+from megaclass.models import BackboneSpec
 from megaclass.optim import RowAdaGrad, SparseSGD
 from megaclass.optim.rows import RowSparseOptimizer
 from megaclass.train.checkpoint import (
@@ -40,6 +42,7 @@ from megaclass.train.health import (
     embedding_spread,
 )
 from megaclass.train.progress import Progress
+from megaclass.train.scalars import TensorBoardScalars, require_tensorboard
 from megaclass.train.tasks import Classification, NextItem, Task, prediction_rows
 
 
@@ -61,6 +64,7 @@ class Model:
     head: ClassifierHead
     group: dist.ProcessGroup | None
     task: Task  # how the data is evaluated and reported
+    description: ModelDescription  # what rebuilds the trained model (the run's model.json)
 
     @property
     def local_rows(self) -> slice:
@@ -100,7 +104,7 @@ def build_model(config: RunConfig, group: dist.ProcessGroup | None) -> Model:
             data.seed,
         )
     elif data.source == "seqrec":
-        dataset = SeqRec(data.path, data.max_len, seed=data.seed)
+        dataset = SeqRec(data.path, data.max_len, seed=data.seed, num_classes=data.num_classes)
         task = NextItem()
     else:
         dataset = FeatureFiles(data.path, data.num_classes, data.seed)
@@ -108,10 +112,21 @@ def build_model(config: RunConfig, group: dist.ProcessGroup | None) -> Model:
     # the loop checks the loss instead of the embeddings, naming the step
     head = build_head(config, dataset.num_classes, group, device, check_finite=False)
     torch.manual_seed(config.train.seed)  # the same backbone initialisation on every rank
-    backbone = _build_backbone(config, dataset, head).to(device)
+    spec = backbone_spec(config, dataset)
+    backbone = spec.build(item_lookup=head.lookup).to(device)
     if group is not None:
         backbone = DistributedDataParallel(backbone, process_group=group)
-    return Model(config, dataset, backbone, head, group, task)
+    sequences = data.source == "seqrec"
+    description = ModelDescription(
+        num_classes=dataset.num_classes,
+        embedding_dim=config.model.embedding_dim,
+        backbone=spec,
+        normalize=head.margin.normalize,
+        scale=head.margin.scale,
+        input_dtype="int64" if sequences else "float32",
+        input_dim=dataset.max_len if sequences else dataset.input_dim,
+    )
+    return Model(config, dataset, backbone, head, group, task, description)
 
 
 def build_head(
@@ -137,37 +152,45 @@ def build_head(
     )
 
 
-def _build_backbone(config: RunConfig, dataset, head: ClassifierHead) -> torch.nn.Module:
+def backbone_spec(config: RunConfig, dataset) -> BackboneSpec:
+    """The backbone ``config.model`` names, for ``dataset``'s inputs, as a rebuildable
+    description (written to the run folder's ``model.json``)."""
     model = config.model
     if model.backbone == "sasrec":
         if config.data.source != "seqrec":
             raise ValueError("model.backbone = 'sasrec' needs data.source = 'seqrec'")
-        return SASRec(
-            dataset.num_classes,
-            model.embedding_dim,
-            dataset.max_len,
-            model.num_layers,
-            model.num_heads,
-            model.dropout,
-            item_lookup=head.lookup if model.tie_item_embeddings else None,
-        )
+        kwargs = {
+            "num_items": dataset.num_classes,
+            "embedding_dim": model.embedding_dim,
+            "max_len": dataset.max_len,
+            "num_layers": model.num_layers,
+            "num_heads": model.num_heads,
+            "dropout": model.dropout,
+        }
+        return BackboneSpec("sasrec", kwargs, model.tie_item_embeddings)
     if model.backbone == "mlp" and config.data.source == "seqrec":
         raise ValueError("data.source = 'seqrec' needs model.backbone = 'sasrec' or a factory")
-    return build_backbone(
-        model.backbone, dataset.input_dim, model.embedding_dim, model.hidden_dim, model.num_layers
-    )
+    kwargs = {"input_dim": dataset.input_dim, "embedding_dim": model.embedding_dim}
+    if model.backbone == "mlp":
+        kwargs.update(hidden_dim=model.hidden_dim, num_layers=model.num_layers)
+    return BackboneSpec(model.backbone, kwargs)
 
 
 def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
     """Train (or continue) a run in ``run_dir``; returns the summary written to summary.json."""
+    if config.train.tensorboard:
+        require_tensorboard()  # on every rank, before anything is built
     group = init_distributed()
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     trainer = Trainer(config, Path(run_dir), build_model(config, group))
-    start = trainer.restore() if resume else trainer.create_run_folder()
-    with _stop_on_signals() as stop_requested:
-        steps = trainer.run(start, stop_requested)
-    return trainer.finish(steps)
+    with contextlib.closing(trainer):
+        start = trainer.restore() if resume else trainer.create_run_folder()
+        if start >= config.train.steps:
+            return trainer.already_finished(start)
+        with _stop_on_signals() as stop_requested:
+            steps = trainer.run(start, stop_requested)
+        return trainer.finish(steps)
 
 
 @dataclass
@@ -183,7 +206,7 @@ class Window:
 class Trainer:
     """One run on this rank: the model, its optimizers and schedule, the log, the best score
     so far and the checkpoints. ``train`` calls ``restore`` or ``create_run_folder``, then
-    ``run``, then ``finish``."""
+    ``run``, then ``finish``, and ``close`` in the end, also when the run stops with an error."""
 
     def __init__(self, config: RunConfig, run_dir: Path, model: Model):
         self.config, self.run_dir, self.model = config, run_dir, model
@@ -191,6 +214,11 @@ class Trainer:
         self.backbone_optimizer = build_backbone_optimizer(config, model.backbone)
         self.head_optimizer = build_head_optimizer(config, model.head)
         self.health = HealthWatch(config.optim.warmup_steps, model.head.embedding_dim)
+        self.tensorboard = (
+            TensorBoardScalars(run_dir / "tensorboard")
+            if config.train.tensorboard and self.rank0
+            else None
+        )
         self.best: dict = {}  # the best validation score so far: step, metrics (and test then)
         self.evaluations_since_best = 0
         self.last_metrics: dict = {}
@@ -203,7 +231,22 @@ class Trainer:
         _unwrap(model.backbone).load_state_dict(state.backbone)
         self.backbone_optimizer.load_state_dict(state.backbone_optimizer)
         _restore_head(model.head, self.head_optimizer, state, shard)
+        if self.rank0:  # a resumed run may change RESUMABLE_KEYS, train.steps to extend it
+            (self.run_dir / "config.toml").write_text(to_toml(self.config))
+            self.write_model_json()  # runs from before model.json existed get one
         return state.step
+
+    def already_finished(self, step: int) -> dict:
+        """A resumed run whose checkpoint is at or past ``train.steps``: says so; its summary."""
+        if self.rank0:
+            print(
+                f"{self.run_dir} has finished: its newest checkpoint is step {step} and "
+                f"train.steps is {self.config.train.steps}; to train it further: megaclass train "
+                f"--resume {self.run_dir} --set train.steps=N (N > {step})",
+                file=sys.stderr,
+            )
+        summary = self.run_dir / "summary.json"
+        return json.loads(summary.read_text()) if summary.exists() else {"steps": step}
 
     def create_run_folder(self) -> int:
         """A new run: its folder with config.toml and an empty metrics.jsonl (rank 0); step 0."""
@@ -211,7 +254,13 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.toml").write_text(to_toml(self.config))
             (self.run_dir / "metrics.jsonl").write_text("")
+            self.write_model_json()
         return 0
+
+    def write_model_json(self) -> None:
+        """``model.json``: what ``megaclass.load_run`` rebuilds the model from."""
+        text = json.dumps(self.model.description.to_json(), indent=2) + "\n"
+        (self.run_dir / "model.json").write_text(text)
 
     def run(self, start: int, stop_requested) -> int:
         """Train from step ``start``; the steps done when it ends (fewer than ``train.steps``
@@ -306,10 +355,22 @@ class Trainer:
             else:
                 self.evaluations_since_best += 1
         if self.rank0:
-            _append_jsonl(self.run_dir / "metrics.jsonl", metrics)
+            self.write_record(metrics)
         self.last_metrics = metrics
         if problem and config.train.stop_on_collapse:
             raise TrainingCollapsed(collapse_advice(done, problem, self.run_dir))
+
+    def write_record(self, record: dict) -> None:
+        """Append a metrics record to metrics.jsonl and, with ``train.tensorboard``, to the
+        TensorBoard scalars (rank 0)."""
+        _append_jsonl(self.run_dir / "metrics.jsonl", record)
+        if self.tensorboard:
+            self.tensorboard.add(record)
+
+    def close(self) -> None:
+        """Close the TensorBoard event file, so that it holds every record written."""
+        if self.tensorboard:
+            self.tensorboard.close()
 
     def checkpoint(self, step: int) -> Path:
         model = self.model
@@ -347,7 +408,7 @@ class Trainer:
         }
         if self.rank0:
             if self.last_metrics.get("step") == steps:
-                _append_jsonl(self.run_dir / "metrics.jsonl", {"step": steps, **metrics})
+                self.write_record({"step": steps, **metrics})
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.progress.line(
             f"{task.headline(metrics)}; {summary['mean_samples_per_s']:.0f} samples/s"

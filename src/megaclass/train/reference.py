@@ -7,10 +7,11 @@ section, key and default, with the comment on the key's line in the source as it
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import re
 
-from megaclass.train.config import RunConfig, _is_section, _toml_value
+from megaclass.train.config import RunConfig, _is_section, _toml_value, to_toml
 
 _HEADER = """\
 # Configuration reference
@@ -25,6 +26,11 @@ own dataclasses (`megaclass.samplers.Random`, `KNN`, `ANN`): their keys are the 
 arguments, explained in full in the docstrings; only the section of `head.sampler` is used.
 `megaclass bench heads --config FILE.toml --set ...` times the head that a configuration trains.
 """
+
+
+def explained_toml(config: RunConfig) -> str:
+    """``config`` as TOML with each key's meaning as a comment on its line."""
+    return to_toml(config, comment=lambda cls, key: _line_comments(cls).get(key))
 
 
 def config_reference() -> str:
@@ -54,6 +60,7 @@ def _section(section, name: str) -> list[str]:
     return [table + "".join(rows), *subsections]
 
 
+@functools.cache
 def _line_comments(cls) -> dict[str, str]:
     """Field name -> the comment on its line in ``cls``'s source."""
     source = inspect.getsource(cls)

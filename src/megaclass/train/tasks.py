@@ -8,6 +8,7 @@ import abc
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from megaclass.data.seqrec import NO_TARGET, ranking_sums
 from megaclass.distributed import shard_range
@@ -100,7 +101,8 @@ class NextItem(Task):
 
 def ranked(model, batches, k: int):
     """This rank's share of each held-out batch: (its best k classes over all shards [n, k],
-    labels [n]), with the backbone in eval mode meanwhile."""
+    labels [n]; -1 in the ranks past the last class when there are fewer than k), with the
+    backbone in eval mode meanwhile."""
     backbone, head = model.backbone, model.head
     device = head.weight.device
     backbone.eval()
@@ -111,8 +113,8 @@ def ranked(model, batches, k: int):
                 embeddings, mine = prediction_rows(
                     backbone(inputs[rows].to(device)), labels[rows].to(device)
                 )
-                _, top = head.predict_topk(embeddings, k=k)
-                yield top, mine
+                _, top = head.predict_topk(embeddings, k=min(k, head.num_classes))
+                yield F.pad(top, (0, k - top.shape[1]), value=-1), mine
     finally:
         backbone.train()
 
