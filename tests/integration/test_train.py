@@ -21,6 +21,7 @@ from tests.integration.helpers import (
     set_args,
     step_losses,
     train_on_ranks,
+    write_features,
 )
 
 
@@ -139,18 +140,8 @@ def test_bad_config_values_are_reported(override, message, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def _write_features(folder, num_classes=50, rows=2000, dim=12):
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(num_classes, dim)).astype(np.float32)
-    for split, n in (("train", rows), ("eval", 300)):
-        y = rng.integers(0, num_classes, n).astype(np.int64)
-        x = (centres[y] + 0.3 * rng.normal(size=(n, dim))).astype(np.float32)
-        np.save(folder / f"{split}_x.npy", x)
-        np.save(folder / f"{split}_y.npy", y)
-
-
 def test_training_on_feature_files(tmp_path):
-    _write_features(tmp_path)
+    write_features(tmp_path)
     overrides = [
         *TINY,
         "train.steps=40",
@@ -163,7 +154,7 @@ def test_training_on_feature_files(tmp_path):
 
 
 def test_bad_feature_files_are_reported_with_the_file_name(tmp_path):
-    _write_features(tmp_path)
+    write_features(tmp_path)
     np.save(tmp_path / "train_y.npy", np.zeros(2000, dtype=np.int32))
     args = ["--set", "data.source=features", "--set", f"data.path={tmp_path}"]
     result = megaclass("train", *args, "--run-dir", str(tmp_path / "run"))
