@@ -1,12 +1,14 @@
 """Retrieval recall of BinaryIVF on a trained model's class weights. Usage:
-    ann_recall.py RUN OUT_JSON [--k 10] [--queries 2048]
+    ann_recall.py RUN OUT_JSON [--k 10] [--retrieved N] [--nprobes 1,2,4,8,16] [--queries 2048]
 
-RUN is a single-rank synthetic-catalogue run folder (a checkpoint of a trained model). The queries
+RUN is a run folder (a checkpoint of a trained model, any data source). The queries
 are the backbone's embeddings of held-out samples; the truth is each query's exact top-k classes
 by cosine over all class weights (the logits of a cosine-margin head). For each code length,
 rotation, nprobe and re-rank depth it records recall@k and the search time of the whole query
 set (2 threads), and the same for faiss's IndexBinaryIVF (its own binary k-means quantizer, over
-the same codes) when faiss is installed.
+the same codes) when faiss is installed. With ``--retrieved N`` each query retrieves N classes
+(as the ANN softmax retrieves ``k`` per sample) and recall is the share of the true top-k among
+them.
 """
 
 import argparse
@@ -23,7 +25,6 @@ from megaclass.train.checkpoint import latest_checkpoint, load_checkpoint
 from megaclass.train.config import load_config
 from megaclass.train.loop import build_model
 
-NPROBES = (1, 2, 4, 8, 16)
 SETTINGS = [(64, "random", 0), (128, "random", 0), (128, "itq", 0), (128, "random", 100)]
 
 
@@ -63,12 +64,12 @@ def timed(fn, *args):
     return result, time.perf_counter() - began
 
 
-def measure(weight, queries, truth, k):
+def measure(weight, queries, truth, retrieved, nprobes):
     records = []
     for bits, rotation, rerank in SETTINGS:
         index, build_s = timed(BinaryIVF(bits, rotation=rotation).build, weight)
-        for nprobe in NPROBES:
-            (_, found), seconds = timed(index.search, queries, k, nprobe, rerank)
+        for nprobe in nprobes:
+            (_, found), seconds = timed(index.search, queries, retrieved, nprobe, rerank)
             records.append(
                 {
                     "backend": f"BinaryIVF ({index.backend} scan)",
@@ -82,11 +83,11 @@ def measure(weight, queries, truth, k):
                 }
             )
             print(records[-1], flush=True)
-    records += measure_faiss(weight, queries, truth, k)
+    records += measure_faiss(weight, queries, truth, retrieved, nprobes)
     return records
 
 
-def measure_faiss(weight, queries, truth, k):
+def measure_faiss(weight, queries, truth, retrieved, nprobes):
     try:
         import faiss
     except ImportError:
@@ -104,9 +105,9 @@ def measure_faiss(weight, queries, truth, k):
     faiss_index.add(codes)
     build_s = time.perf_counter() - began
     records = []
-    for nprobe in NPROBES:
+    for nprobe in nprobes:
         faiss_index.nprobe = nprobe
-        (_, found), seconds = timed(faiss_index.search, query_codes, k)
+        (_, found), seconds = timed(faiss_index.search, query_codes, retrieved)
         records.append(
             {
                 "backend": "faiss IndexBinaryIVF",
@@ -133,7 +134,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("run", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--k", type=int, default=10, help="true nearest classes per query")
+    parser.add_argument("--retrieved", type=int, default=0, help="classes retrieved (0: k)")
+    parser.add_argument("--nprobes", default="1,2,4,8,16", help="comma-separated nprobe values")
     parser.add_argument("--queries", type=int, default=2048)
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -145,12 +148,15 @@ def main():
         pass
     weight, queries = trained_weights_and_queries(args.run, args.queries)
     truth = exact_topk(weight, queries, args.k)
-    records = measure(weight, queries, truth, args.k)
+    retrieved = args.retrieved or args.k
+    nprobes = [int(p) for p in args.nprobes.split(",")]
+    records = measure(weight, queries, truth, retrieved, nprobes)
     summary = {
         "run": str(args.run),
         "num_classes": len(weight),
         "queries": len(queries),
         "k": args.k,
+        "retrieved": retrieved,
         "machine": machine_info("cpu"),
         "records": records,
     }

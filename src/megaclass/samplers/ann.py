@@ -39,6 +39,9 @@ class ANN(Sampler):
         batch, one softmax over all candidates (as ``KNN``/``Random``). Larger groups: fewer,
         larger matrix products and more negatives per sample, at more cost per sample.
     nprobe: coarse lists searched per sample; num_lists: lists per shard (0: sqrt of the shard).
+        Retrieval, not the size of the softmax, is what ann's accuracy hangs on: with too few
+        lists probed a sample's hardest classes are missed and ann falls behind the full softmax
+        as training converges (``benchmarks/results/stability.md``, ``docs/defaults.md``).
     num_bits: code length (a multiple of 64); rotation: ``"random"`` or ``"itq"``.
     rerank: the best ``rerank`` candidates by Hamming distance are re-ranked by exact cosine
         (0: none).
@@ -68,7 +71,7 @@ class ANN(Sampler):
 
     k: int = 64  # classes retrieved per sample (all shards)
     group_size: int = 64  # samples scored together over their candidates
-    nprobe: int = 8  # coarse lists searched per sample
+    nprobe: int = 64  # coarse lists searched per sample
     num_lists: int = 0  # coarse lists per shard (0: sqrt of the shard)
     num_bits: int = 128  # code length (a multiple of 64)
     rotation: str = "random"  # "random" or "itq"
