@@ -40,19 +40,28 @@ def _feature_run(tmp_path, steps=8):
     return data, overrides
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny run on feature files, trained once through the command line: (data, run)."""
+    folder = tmp_path_factory.mktemp("trained")
+    data, overrides = _feature_run(folder)
+    run = folder / "run"
+    result = run_cli("train", "--run-dir", str(run), *set_args(overrides))
+    assert result.returncode == 0, result.stderr
+    return data, run
+
+
 def _accuracy(ids: torch.Tensor, labels: np.ndarray, k: int) -> float:
     return float((ids[:, :k] == torch.from_numpy(labels)[:, None]).any(dim=1).float().mean())
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("world_size", [1, 2])
-def test_load_run_predicts_what_eval_scores(tmp_path, world_size):
-    data, overrides = _feature_run(tmp_path)
-    run = tmp_path / "run"
-    if world_size == 1:
-        assert run_cli("train", "--run-dir", str(run), *set_args(overrides)).returncode == 0
-    else:
-        run_ranks(2, train_on_ranks, run, overrides, False)
+def test_load_run_predicts_what_eval_scores(tmp_path, trained, world_size):
+    data, run = trained
+    if world_size == 2:
+        run = tmp_path / "run"
+        run_ranks(2, train_on_ranks, run, _feature_run(tmp_path)[1], False)
     evaluated = run_cli("eval", str(run))
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.loads((run / "eval.json").read_text())
@@ -91,10 +100,8 @@ def _sharded_predictions(group, folder, inputs, k):
 
 
 @pytest.mark.slow
-def test_a_model_sharded_over_ranks_predicts_as_on_one_process(tmp_path):
-    data, overrides = _feature_run(tmp_path, steps=4)
-    run = tmp_path / "run"
-    assert run_cli("train", "--run-dir", str(run), *set_args(overrides)).returncode == 0
+def test_a_model_sharded_over_ranks_predicts_as_on_one_process(tmp_path, trained):
+    data, run = trained
     eval_x = np.load(data / "eval_x.npy")
     whole = megaclass.load_run(run).predict(eval_x, k=3).ids
     halves = run_ranks(2, _sharded_predictions, run, eval_x, 3)
@@ -114,10 +121,8 @@ def test_a_model_sharded_over_ranks_predicts_as_on_one_process(tmp_path):
     assert [row["ids"] for row in rows] == whole.tolist()
 
 
-def test_predict_refuses_bad_requests(tmp_path):
-    _, overrides = _feature_run(tmp_path, steps=2)
-    run = tmp_path / "run"
-    assert run_cli("train", "--run-dir", str(run), *set_args(overrides)).returncode == 0
+def test_predict_refuses_bad_requests(tmp_path, trained):
+    _, run = trained
     model = megaclass.load_run(run)
     with pytest.raises(ValueError, match=r"k must be in \[1, 97\]"):
         model.predict(np.zeros((2, 12), np.float32), k=98)
