@@ -87,7 +87,9 @@ class TrainedModel:
 
     With a process group the class rows are sharded over it: ``predict`` is then collective,
     every rank passing its own inputs (any number of rows, also none) and getting its own rows'
-    predictions; ``embed`` never is.
+    predictions; ``embed`` is not, except for a backbone that ties its input item vectors to the
+    class rows (``SASRec`` with ``tie_item_embeddings``), which looks them up across the ranks:
+    sharded, such a model needs the same number of non-empty batches on every rank.
     """
 
     def __init__(

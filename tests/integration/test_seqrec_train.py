@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+import megaclass
 from megaclass.train import train
 from megaclass.train.config import load_config
 from tests.distributed.harness import run_ranks
@@ -98,6 +99,13 @@ def test_tied_item_embeddings_learn_the_walks(tmp_path):
     )
     summary = train(config, tmp_path / "run")
     assert summary["test_hit@10"] > 0.5
+    # loaded as a model: a history ending in item i is followed by item i + 1 (class i)
+    model = megaclass.load_run(tmp_path / "run")
+    last = torch.arange(1, 60)  # items 1..59
+    histories = torch.stack([(last - 1 - t) % 60 + 1 for t in (3, 2, 1, 0)], dim=1)  # [59, 4]
+    padded = torch.cat([torch.zeros(59, 4, dtype=torch.int64), histories], dim=1)  # [59, 8]
+    found = model.predict(padded, k=10)
+    assert float((found.ids == last[:, None]).any(dim=1).float().mean()) > 0.5
     with pytest.raises(ValueError, match=r"tie_item_embeddings needs model\.backbone = 'sasrec'"):
         load_config(None, ["model.tie_item_embeddings=true"])
 
