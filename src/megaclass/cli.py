@@ -154,6 +154,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--batch-size", type=int, default=1024, help="rows per batch")
     predict.set_defaults(run=_predict)
+    serve = commands.add_parser(
+        "serve",
+        help="serve an export over HTTP",
+        description="Serve an export folder (megaclass export) over HTTP: POST /v1/predict, "
+        "POST /v1/search, GET /v1/info, GET /healthz (wire format: docs/serving.md; OpenAPI at "
+        '/openapi.json). Needs pip install "megaclass[serve]".',
+    )
+    serve.add_argument("export", metavar="EXPORT_DIR", help="a folder written by megaclass export")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument(
+        "--max-batch", type=int, default=256, help="rows of concurrent requests run together"
+    )
+    serve.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a request waits for others to batch with",
+    )
+    serve.set_defaults(run=_serve)
     config = commands.add_parser(
         "config",
         help="print the resolved configuration as TOML",
@@ -413,4 +433,11 @@ def _config(args: argparse.Namespace) -> int:
     from megaclass.train.reference import explained_toml
 
     print(explained_toml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from megaclass.serve.server import serve
+
+    serve(args.export, args.host, args.port, args.max_batch, args.max_wait_ms / 1e3)
     return 0

@@ -1,0 +1,128 @@
+"""The HTTP API over a trained model (``megaclass serve``), a FastAPI app.
+
+Wire format (clients rely on it):
+- ``POST /v1/predict`` ``{"inputs": [[...], ...], "k": 10}``: raw inputs as the backbone takes
+  them (feature rows, or item-id histories) -> ``{"ids": [[int, ...], ...], "scores": [[float,
+  ...], ...]}``, one row per input, best first;
+- ``POST /v1/search`` ``{"embeddings": [[...], ...], "k": 10}`` -> the same, for embeddings;
+- ``GET /v1/info``: ``num_classes``, ``embedding_dim``, ``input_dim``, ``input_dtype``,
+  ``index`` (the search and its settings), ``model_version`` (the export's training step);
+- ``GET /healthz``: 200 once the model is loaded (the app exists only then).
+A malformed request gets 422 with the reason; concurrent requests are batched
+(``MicroBatcher``). The OpenAPI description is at ``/openapi.json`` (``/docs`` renders it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, Field
+
+from megaclass.inference import TrainedModel
+from megaclass.serve.batching import MicroBatcher
+
+MAX_K = 1000  # classes one request may ask for
+
+
+class PredictRequest(BaseModel):
+    inputs: list[list[float]] = Field(description="rows as the backbone takes them")
+    k: int = Field(10, ge=1, le=MAX_K, description="classes per row")
+
+
+class SearchRequest(BaseModel):
+    embeddings: list[list[float]] = Field(description="embeddings [N, embedding_dim]")
+    k: int = Field(10, ge=1, le=MAX_K, description="classes per row")
+
+
+class TopK(BaseModel):
+    ids: list[list[int]] = Field(description="class ids per row, best first")
+    scores: list[list[float]] = Field(description="their scores (cosine x scale or dot product)")
+
+
+def create_app(
+    model: TrainedModel, model_version: int | None = None, max_rows: int = 256, max_wait_s=0.005
+) -> FastAPI:
+    """The API over ``model`` (exact search: every class scored). ``max_rows`` and
+    ``max_wait_s``: the micro-batching of concurrent requests (``MicroBatcher``)."""
+    described = model.description
+
+    def predict(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        found = model.predict(rows, k, batch_size=max_rows)
+        return found.ids, found.scores
+
+    def search(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, ids = model.head.predict_topk(rows, k)
+        return ids, scores
+
+    predict_batcher = MicroBatcher(predict, max_rows, max_wait_s)
+    search_batcher = MicroBatcher(search, max_rows, max_wait_s)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        predict_batcher.close()
+        search_batcher.close()
+
+    app = FastAPI(
+        title="megaclass", summary="top-k classes of a trained megaclass model", lifespan=lifespan
+    )
+    app.state.batchers = {"predict": predict_batcher, "search": search_batcher}
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/info")
+    def info() -> dict:
+        return {
+            "num_classes": described.num_classes,
+            "embedding_dim": described.embedding_dim,
+            "input_dim": described.input_dim,
+            "input_dtype": described.input_dtype,
+            "normalize": described.normalize,
+            "scale": described.scale,
+            "index": {"kind": "exact", "max_batch_rows": max_rows, "max_wait_ms": 1e3 * max_wait_s},
+            "model_version": model_version,
+        }
+
+    @app.post("/v1/predict", response_model=TopK)
+    async def predict_endpoint(request: PredictRequest) -> TopK:
+        dtype = torch.int64 if described.input_dtype == "int64" else torch.float32
+        rows = _rows(request.inputs, described.input_dim, "inputs", dtype)
+        return _top_k(await predict_batcher(rows, _checked_k(request.k, described.num_classes)))
+
+    @app.post("/v1/search", response_model=TopK)
+    async def search_endpoint(request: SearchRequest) -> TopK:
+        rows = _rows(request.embeddings, described.embedding_dim, "embeddings", torch.float32)
+        return _top_k(await search_batcher(rows, _checked_k(request.k, described.num_classes)))
+
+    return app
+
+
+def _rows(values: list[list[float]], width: int, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """values as a [N, width] tensor; 422 naming the row when a row has another width or a
+    value that is not finite (or, for item ids, not a whole number)."""
+    if not values:
+        raise HTTPException(422, f"{name} must hold at least one row")
+    for number, row in enumerate(values):
+        if len(row) != width:
+            raise HTTPException(422, f"{name}[{number}] has {len(row)} values, expected {width}")
+        if not all(map(math.isfinite, row)):
+            raise HTTPException(422, f"{name}[{number}] holds NaN or inf")
+        if dtype == torch.int64 and any(value != int(value) or value < 0 for value in row):
+            raise HTTPException(422, f"{name}[{number}] must hold item ids (whole numbers >= 0)")
+    return torch.tensor(values, dtype=dtype)
+
+
+def _checked_k(k: int, num_classes: int) -> int:
+    if k > num_classes:
+        raise HTTPException(422, f"k must be at most the {num_classes} classes, got {k}")
+    return k
+
+
+def _top_k(outputs: tuple[torch.Tensor, torch.Tensor]) -> TopK:
+    ids, scores = outputs
+    return TopK(ids=ids.tolist(), scores=scores.float().tolist())

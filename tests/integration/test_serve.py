@@ -1,0 +1,138 @@
+"""megaclass serve: the HTTP API over an export, with real HTTP requests to a real server."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+
+from megaclass.inference import load_export
+from megaclass.serve.server import load_app
+from tests.distributed.harness import free_port
+from tests.integration.helpers import TINY, megaclass, set_args, write_features
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    """A tiny feature-file run, trained and exported: (eval inputs, export folder)."""
+    folder = tmp_path_factory.mktemp("served")
+    data = write_features(folder / "data", num_classes=97)
+    overrides = [*TINY, "data.source='features'", f"data.path='{data}'", "data.num_classes=0"]
+    overrides.append("train.steps=6")
+    run, out = folder / "run", folder / "export"
+    assert megaclass("train", "--run-dir", str(run), *set_args(overrides)).returncode == 0
+    assert megaclass("export", str(run), str(out)).returncode == 0
+    return np.load(data / "eval_x.npy"), out
+
+
+@pytest.fixture(scope="module")
+def server(export):
+    """The app over the export under uvicorn on a free port, in a thread: (base URL, app)."""
+    app = load_app(export[1], max_rows=64, max_wait_s=0.05)
+    port = free_port()
+    runner = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    while not runner.started:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}", app
+    runner.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_health_info_and_openapi(server):
+    url, _ = server
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    info = httpx.get(f"{url}/v1/info").json()
+    assert (info["num_classes"], info["embedding_dim"], info["input_dim"]) == (97, 32, 12)
+    assert info["index"]["kind"] == "exact" and info["model_version"] == 6
+    paths = httpx.get(f"{url}/openapi.json").json()["paths"]
+    assert {"/v1/predict", "/v1/search", "/v1/info", "/healthz"} <= paths.keys()
+
+
+def test_predict_and_search_answer_as_the_model_does(server, export):
+    url, _ = server
+    inputs, folder = export
+    model = load_export(folder)
+    expected = model.predict(inputs[:20], k=5)
+    answer = httpx.post(f"{url}/v1/predict", json={"inputs": inputs[:20].tolist(), "k": 5})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["ids"] == expected.ids.tolist()
+    np.testing.assert_allclose(body["scores"], expected.scores.numpy(), rtol=1e-5, atol=1e-6)
+    embeddings = model.embed(inputs[:20])
+    searched = httpx.post(f"{url}/v1/search", json={"embeddings": embeddings.tolist(), "k": 5})
+    assert searched.status_code == 200 and searched.json()["ids"] == expected.ids.tolist()
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, export):
+    url, app = server
+    inputs, folder = export
+    expected = load_export(folder).predict(inputs[:48], k=3).ids.tolist()
+    before = app.state.batchers["predict"].batches
+
+    def ask(start):
+        rows = inputs[start : start + 3].tolist()
+        return start, httpx.post(f"{url}/v1/predict", json={"inputs": rows, "k": 3}).json()
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, range(0, 48, 3)))
+    for start, body in answers:
+        assert body["ids"] == expected[start : start + 3]
+    assert app.state.batchers["predict"].batches - before < 16  # some requests shared a batch
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"inputs": [[0.0] * 11], "k": 3}, "inputs[0] has 11 values, expected 12"),
+        ({"inputs": [[0.0] * 12], "k": 98}, "k must be at most the 97 classes"),
+        ({"inputs": [[0.0] * 12], "k": 0}, "greater than or equal to 1"),
+        ({"inputs": [], "k": 3}, "at least one row"),
+        ({"k": 3}, "inputs"),
+        ('{"inputs": [[' + ", ".join(["NaN"] * 12) + "]]}", "NaN or inf"),  # Python's JSON
+        ('{"inputs": [[1, 2', "JSON decode error"),
+    ],
+)
+def test_malformed_requests_get_422_with_the_reason(server, body, message):
+    url, _ = server
+    if isinstance(body, str):  # as sent, not encoded by the client
+        headers = {"content-type": "application/json"}
+        answer = httpx.post(f"{url}/v1/predict", content=body, headers=headers)
+    else:
+        answer = httpx.post(f"{url}/v1/predict", json=body)
+    assert answer.status_code == 422 and message in answer.text
+
+
+def test_the_command_line_serves_an_export(export):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "megaclass", "serve", str(export[1]), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("megaclass serve did not answer /healthz within 60 s")
+        body = httpx.post(
+            f"http://127.0.0.1:{port}/v1/predict", json={"inputs": export[0][:2].tolist()}
+        ).json()
+        assert len(body["ids"]) == 2 and len(body["ids"][0]) == 10  # k defaults to 10
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
