@@ -395,8 +395,7 @@ def _predict(args: argparse.Namespace) -> int:
     group = init_distributed()
     try:
         model = load_run(args.model, group)
-        show = _progress_printer("predict") if model.head.rank == 0 else None
-        found = predict_file(model, args.input, args.k, args.output, args.batch_size, show)
+        found = predict_file(model, args.input, args.k, args.output, args.batch_size)
         if group is not None:
             torch.distributed.barrier(group)  # no rank leaves while rank 0 writes
     finally:
@@ -410,22 +409,6 @@ def _predict(args: argparse.Namespace) -> int:
         for ids, scores in zip(found.ids.tolist(), found.scores.tolist(), strict=True):
             print(json.dumps({"ids": ids, "scores": scores}))
     return 0
-
-
-def _progress_printer(what: str):
-    """``on_batch(done, total)`` that prints ``what: done/total batches`` to stderr, a few
-    times a second at most."""
-    import time
-
-    last = [0.0]
-
-    def on_batch(done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or now - last[0] > 0.5:
-            last[0] = now
-            print(f"{what}: {done}/{total} batches", file=sys.stderr, flush=True)
-
-    return on_batch
 
 
 def _config(args: argparse.Namespace) -> int:

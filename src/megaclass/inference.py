@@ -14,6 +14,7 @@ Nothing is unpickled: JSON, safetensors and plain ``.npy`` arrays only.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,11 +26,13 @@ import torch.distributed as dist
 from megaclass.distributed import all_gather_ints, gather_rows, rank_and_size, shard_range
 from megaclass.functional.margins import NormSoftmax, Softmax
 from megaclass.heads import ClassifierHead
+from megaclass.logs import ProgressLog
 from megaclass.models import BackboneSpec
 from megaclass.samplers import Full
 
 FORMAT = 1
 INPUT_DTYPES = ("float32", "int64")
+_log = logging.getLogger("megaclass.inference")
 
 
 @dataclass(frozen=True)
@@ -259,7 +262,8 @@ def predict_file(
 ) -> Predictions | None:
     """Predict every row of the ``.npy`` file ``input_path`` (read memory-mapped, batch by
     batch); with a sharded model each rank predicts a contiguous share of the rows and rank 0
-    gathers them.
+    gathers them. Progress: ``on_batch(done, total)``, or by default logged to
+    ``megaclass.inference`` when it takes long (``megaclass.logs.ProgressLog``).
 
     Output: ``.npy``: a structured array with fields ``ids`` int64 [k] and ``scores`` float32
     [k] per row; ``.jsonl``: one ``{"ids": [...], "scores": [...]}`` per row; None: returned
@@ -271,7 +275,10 @@ def predict_file(
     rank, world_size = rank_and_size(model.group)
     start, stop = shard_range(len(inputs), world_size, rank)
     local_batch = -(-batch_size // world_size)
+    progress = ProgressLog(_log, "predict", -(-(stop - start) // local_batch), "batches")
+    on_batch = on_batch or (lambda done, total: progress.update(done))
     found = model.predict(inputs[start:stop], k, local_batch, on_batch)
+    progress.finish()
     if model.group is not None:
         sizes = [n for (n,) in all_gather_ints([stop - start], model.group)]
         found = Predictions(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +14,6 @@ from megaclass.samplers.selection import SampleGroups, Selection
 from megaclass.samplers.uniform import fill_offsets, fill_uniform
 
 SEARCHES = ("ivf", "exact")
-_log = logging.getLogger("megaclass.samplers")
 
 
 @dataclass
@@ -131,8 +128,6 @@ class ANN(Sampler):
         self.steps_since_index += len(trained)
         if self.rebuild_due():
             shard = self.shard
-            _log.debug("building the binary IVF index of %s classes", f"{shard.num_local:,}")
-            began = time.perf_counter()
             self.index = BinaryIVF(
                 self.num_bits,
                 self.num_lists,
@@ -141,7 +136,6 @@ class ANN(Sampler):
                 matmul_dtype=shard.matmul_dtype,
                 backend=self.backend,
             ).build(weight)  # logs its progress to megaclass.index when it takes long
-            _log.debug("binary IVF index built in %.1f s", time.perf_counter() - began)
             self.steps_since_index = 0
         elif trained:
             self.index.update(torch.cat(trained).unique())

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
-import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -19,7 +17,6 @@ from megaclass.samplers.uniform import Selection, first_occurrences, select_with
 from megaclass.samplers.walk import walk_graph
 
 _WALK_ENTRY_POOL = 4096  # most frequent classes a graph walk may start from (all scored)
-_log = logging.getLogger("megaclass.samplers")
 
 
 @dataclass
@@ -206,15 +203,12 @@ class KNN(Sampler):
         steps = self.steps_since_graph + len(self.trained_positives)
         if self.graph is not None and steps < self.refresh_every:
             return None
-        return self._graph_description()
-
-    def _graph_description(self) -> str:
         how = "IVF" if self.uses_ivf(self.shard.num_classes) else "exact"
         return f"class graph ({how}, {self.shard.num_classes:,} classes)"
 
     def _build(self, weight: torch.Tensor) -> torch.Tensor:
-        """The class graph of this shard's classes; the build logs its progress to
-        ``megaclass.index`` when it takes long, and its start and time here (DEBUG)."""
+        """The class graph of this shard's classes (the build logs its progress to
+        ``megaclass.index`` when it takes long)."""
         shard = self.shard
         settings = {"chunk_size": shard.chunk_size or 8192, "matmul_dtype": shard.matmul_dtype}
         if self.uses_ivf(shard.num_classes):
@@ -223,11 +217,7 @@ class KNN(Sampler):
             )
         else:
             build = functools.partial(build_knn_graph, **settings)
-        _log.debug("building the %s", self._graph_description())
-        began = time.perf_counter()
-        graph = build(weight, shard.num_classes, self.k, shard.process_group)
-        _log.debug("class graph built in %.1f s", time.perf_counter() - began)
-        return graph
+        return build(weight, shard.num_classes, self.k, shard.process_group)
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         state = super().state_dict()
