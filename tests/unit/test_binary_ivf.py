@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import megaclass.logs
 from megaclass.index import BinaryIVF, binary_ivf
-from megaclass.index.binary_ivf import pack_bits, popcount
+from megaclass.index.binary_codes import pack_bits, popcount
 from megaclass.index.faiss_hamming import faiss_available
 
 ROWS, DIM = 1003, 64

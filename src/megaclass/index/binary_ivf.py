@@ -4,10 +4,8 @@ distance.
 Each class is stored twice, compactly:
 - its **list**: the nearest centroid (by cosine) of a coarse quantizer, spherical k-means on the
   normalised weights, about sqrt(C) lists;
-- its **code**: the signs of a rotation of its normalised weight, ``num_bits`` bits packed into
-  int64 words (``num_bits / 8`` bytes a class, 16 at 128 bits, against 512 for fp32 at dim 128).
-  The rotation is random orthogonal, or learned to reduce the quantization error (iterative
-  quantization, ITQ: Gong and Lazebnik, 2011).
+- its **code**: the signs of a rotation of its normalised weight (``megaclass.index.binary_codes``:
+  random orthogonal or ITQ), ``num_bits`` bits packed into int64 words.
 
 ``search(queries, k, nprobe)`` ranks the classes of the ``nprobe`` lists nearest to each query by
 the Hamming distance between codes (XOR, then a bit-parallel popcount: plain int64 tensor ops, on
@@ -28,23 +26,26 @@ import math
 import torch
 import torch.nn.functional as F
 
+from megaclass.index.binary_codes import (
+    WORD_BITS,
+    angle_scores,
+    check_code_settings,
+    encode,
+    exact_rerank,
+    fit_rotation,
+    popcount_,
+)
 from megaclass.index.faiss_hamming import FaissHammingLists, faiss_available
 from megaclass.index.ivf_graph import nearest_lists, spherical_kmeans
 from megaclass.logs import ProgressLog
 
-ROTATIONS = ("random", "itq")
 BACKENDS = ("auto", "torch", "faiss")
-_WORD_BITS = 64
 _TRAIN_POINTS_PER_LIST = 64  # k-means sample per list
 _ITQ_SAMPLE = 50_000
-_ITQ_ITERATIONS = 30
 _PAIRS_PER_BLOCK = 1 << 17  # (query, row) pairs scored at once: a few MB, cache-resident
 _BUILD_ROWS = 1 << 16  # rows encoded and assigned at once by build
 _log = logging.getLogger("megaclass.index")
-_RERANK_ROWS = 1 << 15  # candidate rows gathered at once for the exact re-rank (16 MB fp32)
 _NO_KEY = torch.iinfo(torch.int64).max
-_M1, _M2, _M4 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F
-_H01 = 0x0101010101010101
 
 
 class BinaryIVF:
@@ -71,12 +72,9 @@ class BinaryIVF:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "faiss" and not faiss_available():
             raise ValueError("backend 'faiss' needs faiss (pip install faiss-cpu)")
-        if num_bits < _WORD_BITS or num_bits % _WORD_BITS:
-            raise ValueError(f"num_bits must be a positive multiple of 64, got {num_bits}")
+        check_code_settings(num_bits, rotation)
         if num_lists < 0:
             raise ValueError(f"num_lists must be >= 0 (0: sqrt of the rows), got {num_lists}")
-        if rotation not in ROTATIONS:
-            raise ValueError(f"rotation must be one of {ROTATIONS}, got {rotation!r}")
         self.num_bits = num_bits
         self.num_lists = num_lists
         self.rotation_kind = rotation
@@ -139,8 +137,7 @@ class BinaryIVF:
     def encode(self, vectors: torch.Tensor) -> torch.Tensor:
         """Packed sign codes: vectors [n, D] -> int64 [n, num_bits / 64]."""
         self._check_trained()
-        projected = F.normalize(vectors.float(), dim=1) @ self.rotation  # [n, bits]
-        return pack_bits(projected > 0)
+        return encode(vectors, self.rotation)
 
     @torch.no_grad()
     def assign(self, vectors: torch.Tensor, nprobe: int) -> torch.Tensor:
@@ -184,10 +181,10 @@ class BinaryIVF:
                     query_codes[block], probes[block], shortlist, self.num_bits
                 )
             if rerank:
-                block_scores, found = self._exact_topk(queries[block], found, k)
+                block_scores, found = exact_rerank(self.weight, queries[block], found, k)
             else:
                 distances, found = distances[:, :k], found[:, :k]
-                block_scores = torch.cos(distances.float() * (math.pi / self.num_bits))
+                block_scores = angle_scores(distances, self.num_bits)
                 block_scores[found < 0] = float("-inf")
             scores[block, : found.shape[1]] = block_scores
             rows[block, : found.shape[1]] = found
@@ -211,7 +208,7 @@ class BinaryIVF:
         pair_query = torch.arange(len(probes), device=probes.device).repeat_interleave(per_query)
         words = sorted_codes.index_select(0, pair_position)  # [T, W]
         words ^= query_codes.repeat_interleave(per_query, dim=0)
-        distances = _popcount_(words).sum(1)  # [T]
+        distances = popcount_(words).sum(1)  # [T]
         pair_rows = order.index_select(0, pair_position)
         # Pad to [q, most probed]; the key (distance, row) breaks ties by row.
         first_pair = torch.cumsum(per_query, 0) - per_query  # [q]
@@ -223,26 +220,6 @@ class BinaryIVF:
         missing = best == _NO_KEY
         found = torch.where(missing, -1, best % len(order))
         return torch.where(missing, self.num_bits, best // len(order)), found
-
-    def _exact_topk(self, queries, candidates, k):
-        """Re-rank candidates [q, c] (-1 padded) by exact cosine: -> (scores [q, k'], rows).
-
-        The candidates' rows are gathered a block of queries at a time (``_RERANK_ROWS`` rows),
-        so that no [q, c, D] copy is formed: at 10^6 classes, 1,024 queries and c = 1,000 that
-        was 0.5 GB, and gathering and normalising it took most of the step.
-        """
-        unit_queries = F.normalize(queries.float(), dim=1)  # [q, D]
-        cosines = torch.empty(candidates.shape, device=queries.device)  # [q, c]
-        per_block = max(1, _RERANK_ROWS // max(1, candidates.shape[1]))
-        for start in range(0, len(queries), per_block):
-            block = slice(start, start + per_block)
-            ids = candidates[block].clamp_min(0)  # [b, c]
-            rows = self.weight.index_select(0, ids.flatten()).view(*ids.shape, -1).float()
-            dots = torch.bmm(rows, unit_queries[block, :, None]).squeeze(2)  # [b, c]
-            cosines[block] = dots / rows.norm(dim=2).clamp_min(1e-12)
-        cosines[candidates < 0] = float("-inf")
-        best, picked = cosines.topk(min(k, cosines.shape[1]), dim=1)
-        return best, torch.where(best == float("-inf"), -1, candidates.gather(1, picked))
 
     def _query_blocks(self, probes: torch.Tensor):
         """Slices of queries whose (query, row) pairs stay within ``_PAIRS_PER_BLOCK`` (one
@@ -260,7 +237,7 @@ class BinaryIVF:
         """Codes [C, num_bits / 64] and nearest lists [C] of every row, a block of rows at a
         time."""
         codes = torch.empty(
-            len(weight), self.num_bits // _WORD_BITS, dtype=torch.int64, device=weight.device
+            len(weight), self.num_bits // WORD_BITS, dtype=torch.int64, device=weight.device
         )
         lists = torch.empty(len(weight), dtype=torch.int64, device=weight.device)
         progress = ProgressLog(_log, "binary IVF index", len(weight))
@@ -300,17 +277,7 @@ class BinaryIVF:
         )
 
     def _fit_rotation(self, sample: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """[D, num_bits]: random orthogonal columns (Gaussian when num_bits > D), then ITQ."""
-        dim = sample.shape[1]
-        if self.rotation_kind == "itq" and self.num_bits > dim:
-            raise ValueError(f"rotation 'itq' needs num_bits <= dim, got {self.num_bits} > {dim}")
-        gaussian = torch.randn(dim, max(dim, self.num_bits), generator=generator)
-        if self.num_bits > dim:
-            return gaussian.to(sample.device)
-        rotation = torch.linalg.qr(gaussian).Q[:, : self.num_bits].to(sample.device)
-        if self.rotation_kind == "itq":
-            rotation = rotation @ _itq_rotation(sample @ rotation)
-        return rotation
+        return fit_rotation(sample, self.num_bits, self.rotation_kind, generator)
 
     def _check_trained(self) -> None:
         if self.rotation is None:
@@ -319,41 +286,3 @@ class BinaryIVF:
     def _check_built(self) -> None:
         if self.codes is None:
             raise RuntimeError("BinaryIVF is empty: call build(weight) first")
-
-
-def _itq_rotation(projected: torch.Tensor) -> torch.Tensor:
-    """Orthogonal [b, b] R minimising ||sign(V R) - V R|| over the sample V [n, b] (ITQ:
-    alternate the codes and an orthogonal Procrustes fit)."""
-    rotation = torch.eye(projected.shape[1], device=projected.device)
-    for _ in range(_ITQ_ITERATIONS):
-        codes = torch.sign(projected @ rotation)
-        u, _, vh = torch.linalg.svd(projected.t() @ codes)
-        rotation = u @ vh
-    return rotation
-
-
-def pack_bits(bits: torch.Tensor) -> torch.Tensor:
-    """bits [n, b] bool (b a multiple of 64) -> int64 [n, b / 64]; bit j of word w is bit
-    64 w + j (bit 63 is the sign bit: two's complement wraps)."""
-    n, b = bits.shape
-    powers = torch.ones(_WORD_BITS, dtype=torch.int64, device=bits.device) << torch.arange(
-        _WORD_BITS, device=bits.device
-    )
-    return (bits.view(n, b // _WORD_BITS, _WORD_BITS).long() * powers).sum(2)
-
-
-def popcount(words: torch.Tensor) -> torch.Tensor:
-    """Set bits of each int64: [...] -> [...] int64."""
-    return _popcount_(words.clone())
-
-
-def _popcount_(words: torch.Tensor) -> torch.Tensor:
-    """``popcount`` in place, bit-parallel (SWAR; the masks clear what arithmetic shifts drag
-    in), with one temporary."""
-    shifted = words >> 1
-    words -= shifted.bitwise_and_(_M1)
-    torch.bitwise_right_shift(words, 2, out=shifted).bitwise_and_(_M2)
-    words.bitwise_and_(_M2).add_(shifted)
-    torch.bitwise_right_shift(words, 4, out=shifted)
-    words.add_(shifted).bitwise_and_(_M4).mul_(_H01)
-    return words.bitwise_right_shift_(56)

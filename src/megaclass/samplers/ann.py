@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from megaclass.functional import shard_topk
-from megaclass.index.binary_ivf import BACKENDS, ROTATIONS, BinaryIVF
+from megaclass.index.binary_codes import ROTATIONS
+from megaclass.index.binary_ivf import BACKENDS, BinaryIVF
 from megaclass.samplers.base import Sampler, Shard
 from megaclass.samplers.selection import SampleGroups, Selection
 from megaclass.samplers.uniform import fill_offsets, fill_uniform
