@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from megaclass.train import CheckpointError, NonFiniteLoss, load_config, train
+from megaclass.train.loop import Trainer, build_model
 from tests.distributed.harness import free_port, run_ranks
 from tests.integration.helpers import (
     BATCH_INDEPENDENT,
@@ -253,3 +254,17 @@ def test_metrics_record_what_the_issue_asks(tmp_path):
     assert {"step", "loss", "lr", "samples_per_s", "active_classes"} <= records[0].keys()
     assert "top1" in records[1] and records[1]["step"] == 2
     assert torch.isfinite(torch.tensor(records[-1]["top1"]))
+
+
+@pytest.mark.parametrize(
+    "optimizer, drawn_rows", [("sgd", "one_step"), ("rowadagrad", "corrected")]
+)
+def test_the_trainer_gives_the_head_the_drawn_row_gradient_its_row_optimizer_suits(
+    tmp_path, optimizer, drawn_rows
+):
+    config = load_config(
+        None, [*TINY, "head.sampler='random'", f"optim.head_optimizer='{optimizer}'"]
+    )
+    trainer = Trainer(config, tmp_path, build_model(config, None))
+    assert trainer.model.head.drawn_rows == trainer.head_optimizer.DRAWN_ROWS == drawn_rows
+    trainer.close()

@@ -15,9 +15,9 @@ from tests.reference import sampled_problem as _problem
 PLAIN_SGD = {"momentum": 0.0, "weight_decay": 0.0, "row_norm": 0.0}
 
 
-def _step(margin, sampler, w, x, y, optimizer):
+def _step(margin, sampler, w, x, y, optimizer, drawn_rows="one_step"):
     head = megaclass.ClassifierHead(
-        NUM_CLASSES, DIM, margin=margin, sampler=sampler, chunk_size=100
+        NUM_CLASSES, DIM, margin=margin, sampler=sampler, chunk_size=100, drawn_rows=drawn_rows
     )
     with torch.no_grad():
         head.weight.copy_(w)
@@ -43,18 +43,22 @@ def test_random_rate_1_equals_full_including_the_update(margin):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("drawn_rows", ["one_step", "corrected"])
 @pytest.mark.parametrize("correction", [True, False], ids=["corrected", "partial-fc"])
-def test_random_sampling_scores_labels_plus_random_classes_with_sparse_gradients(correction):
+def test_random_sampling_scores_labels_plus_random_classes_with_sparse_gradients(
+    correction, drawn_rows
+):
     """The loss and gradients are the reference softmax over the active classes, the drawn
-    ones' logits raised by log(classes not in the batch / classes drawn) when corrected; a drawn
-    row's own gradient is then taken at its draw rate (classes drawn / classes not in the
-    batch), one step's worth of the push the full softmax would give it."""
+    ones' logits raised by log(classes not in the batch / classes drawn) when corrected; with
+    ``drawn_rows="one_step"`` a drawn row's own gradient is then taken at its draw rate (classes
+    drawn / classes not in the batch), one step's worth of the push the full softmax would give
+    it; with ``"corrected"`` it is the corrected softmax's."""
     x, y, w = _problem()
     x = x.double().requires_grad_()
     margin = margins.CosFace(scale=16.0, margin=0.2)
     sampler = samplers.Random(0.1, logit_correction=correction)
     out, x_grad, dense_grad, _, grad = _step(
-        margin, sampler, w, x.detach(), y, lambda h: SparseSGD(h, lr=0.1, **PLAIN_SGD)
+        margin, sampler, w, x.detach(), y, lambda h: SparseSGD(h, lr=0.1, **PLAIN_SGD), drawn_rows
     )
     active = grad.coalesce().indices()[0]
     batch_classes = y[y >= 0].unique()
@@ -75,8 +79,11 @@ def test_random_sampling_scores_labels_plus_random_classes_with_sparse_gradients
     want.backward()
     assert torch.allclose(out.loss.double(), want, rtol=1e-5)
     assert torch.allclose(x_grad.double(), x.grad, rtol=1e-4, atol=1e-6)
-    one_step = active_w.grad * torch.exp(-offsets)[:, None]
-    assert torch.allclose(dense_grad[active].double(), one_step, rtol=1e-4, atol=1e-6)
+    if drawn_rows == "one_step":
+        want_grad = active_w.grad * torch.exp(-offsets)[:, None]
+    else:
+        want_grad = active_w.grad
+    assert torch.allclose(dense_grad[active].double(), want_grad, rtol=1e-4, atol=1e-6)
 
 
 def test_random_draws_its_rate_besides_the_labels_however_many_they_are():

@@ -77,6 +77,13 @@ class ClassifierHead(nn.Module):
             tensor cores); the log-sum-exp and all accumulation stay in fp32.
         ignore_index: label of rows that contribute nothing (as in ``F.cross_entropy``).
         check_finite: raise on non-finite embeddings (one pass over them; switch off for speed).
+        drawn_rows: the weight gradient of a row the sampler drew (not chosen outright):
+            ``"one_step"`` (default) takes this step's push only, for an optimizer with momentum
+            (``SparseSGD``), whose velocity would carry a corrected gradient's n/d-times push
+            on for many steps; ``"corrected"`` keeps the logit-corrected gradient, for an
+            optimizer that scales each row's step by its own gradient history (``RowAdaGrad``).
+            Each row optimizer names its own in ``DRAWN_ROWS`` (the trainer sets it); measured
+            in ``benchmarks/results/stability.md``.
         seed: the initial weights of a class depend only on ``seed`` and its global id, not on
             the world size.
     """
@@ -93,6 +100,7 @@ class ClassifierHead(nn.Module):
         matmul_dtype: torch.dtype = torch.float32,
         ignore_index: int = -100,
         check_finite: bool = True,
+        drawn_rows: str = "one_step",
         seed: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
@@ -109,6 +117,8 @@ class ClassifierHead(nn.Module):
                 f"matmul_dtype must be float32, bfloat16 or float16, got {matmul_dtype}"
             )
         _check_margin(margin)
+        if drawn_rows not in DRAWN_ROWS:
+            raise ValueError(f"drawn_rows must be one of {DRAWN_ROWS}, got {drawn_rows!r}")
         sampler = Full() if sampler is None else sampler
         if not isinstance(sampler, Sampler):
             raise ValueError(
@@ -124,6 +134,7 @@ class ClassifierHead(nn.Module):
         self.matmul_dtype = matmul_dtype
         self.ignore_index = ignore_index
         self.check_finite = check_finite
+        self.drawn_rows = drawn_rows
         self.seed = seed
         self.rank, self.world_size = rank_and_size(process_group)
         self.class_range = shard_range(num_classes, self.world_size, self.rank)
@@ -183,7 +194,7 @@ class ClassifierHead(nn.Module):
             active_rows=active_rows,
             logit_offsets=None if selection is None else selection.logit_offsets,
             groups=None if selection is None else selection.groups,
-            row_grad_scale=_drawn_rows_step(selection),
+            row_grad_scale=_drawn_rows_step(selection) if self.drawn_rows == "one_step" else None,
         )
         loss = sharded_cross_entropy(queries, self.weight, all_labels, spec)
         return HeadOutput(loss=loss, num_active=num_active, num_samples=sum(sizes))
@@ -345,6 +356,9 @@ def _check_margin(margin: object) -> None:
     )
 
 
+DRAWN_ROWS = ("one_step", "corrected")
+
+
 def _drawn_rows_step(selection: Selection | None) -> torch.Tensor | None:
     """[A] factors of the active rows' weight gradient: each drawn row's draw rate (exp of minus
     its logit offset), 1 for rows chosen outright; None without drawn rows.
@@ -357,7 +371,8 @@ def _drawn_rows_step(selection: Selection | None) -> torch.Tensor | None:
     their own samples. So each drawn row takes this step's push only (``d / n`` of the corrected
     gradient), while the embeddings keep the corrected softmax (measured in
     ``benchmarks/results/stability.md``: without it a larger budget scored worse than a smaller
-    one). Sample groups (``ANN`` with a uniform draw) keep their corrected gradient.
+    one). Sample groups (``ANN`` with a uniform draw) keep their corrected gradient. Used with
+    ``drawn_rows="one_step"``: under RowAdaGrad it cost next-item accuracy (the same document).
     """
     if selection is None or selection.logit_offsets is None or selection.groups is not None:
         return None

@@ -30,6 +30,7 @@ class RowAdaGrad(RowSparseOptimizer):
     """
 
     ROW_STATE = ("sum_sq",)
+    DRAWN_ROWS = "corrected"  # a row's step is scaled by its own gradient history
 
     def __init__(
         self,

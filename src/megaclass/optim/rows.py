@@ -14,10 +14,12 @@ class RowSparseOptimizer(torch.optim.Optimizer):
     ``params`` may be a module (its parameters) or tensors. Subclasses define
     ``_update(param, grad, group)`` and name their per-row state in ``ROW_STATE`` (tensors
     [num_rows, ...] that a checkpoint reshards with the rows); the rest of their state is the
-    same for every shard.
+    same for every shard. ``DRAWN_ROWS`` says how the gradient of a row a sampler drew suits
+    this optimizer (``ClassifierHead``'s ``drawn_rows``; the trainer sets the head's to it).
     """
 
     ROW_STATE: tuple[str, ...] = ()
+    DRAWN_ROWS = "one_step"
 
     def __init__(self, params: nn.Module | Iterable[torch.Tensor], defaults: dict) -> None:
         if isinstance(params, nn.Module):

@@ -67,6 +67,7 @@ class SparseSGD(RowSparseOptimizer):
     """
 
     ROW_STATE = ("momentum_buffer", "last_step")
+    DRAWN_ROWS = "one_step"  # momentum would carry a corrected push on for many steps
 
     def __init__(
         self,

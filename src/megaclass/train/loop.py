@@ -213,6 +213,7 @@ class Trainer:
         self.rank0 = model.head.rank == 0
         self.backbone_optimizer = build_backbone_optimizer(config, model.backbone)
         self.head_optimizer = build_head_optimizer(config, model.head)
+        model.head.drawn_rows = self.head_optimizer.DRAWN_ROWS
         self.health = HealthWatch(config.optim.warmup_steps, model.head.embedding_dim)
         self.tensorboard = (
             TensorBoardScalars(run_dir / "tensorboard")
