@@ -3,6 +3,7 @@ docstring). Nothing here knows about losses."""
 
 from megaclass.distributed.collectives import (
     all_gather_ints,
+    exchange_rows,
     gather_rows,
     logsumexp_across,
     lookup_rows,
@@ -12,6 +13,7 @@ from megaclass.distributed.shard import shard_range, shard_sizes
 
 __all__ = [
     "all_gather_ints",
+    "exchange_rows",
     "gather_rows",
     "logsumexp_across",
     "lookup_rows",

@@ -33,6 +33,40 @@ def all_gather_ints(values: list[int], group: dist.ProcessGroup | None) -> list[
     return gathered.view(world_size, len(values)).tolist()
 
 
+def exchange_rows(
+    chunks: list[torch.Tensor], group: dist.ProcessGroup | None
+) -> list[torch.Tensor]:
+    """All-to-all of rows: ``chunks[r]`` [n_r, ...] goes to rank r; returns what every rank sent
+    here, in rank order (all chunks of all ranks share dtype and trailing shape; not
+    differentiable).
+
+    Collectives on ``group``: one ``all_to_all_single`` of the row counts (int64 [world]), then
+    one of the rows themselves (uneven splits).
+    """
+    if group is None:
+        return list(chunks)
+    _, world_size = rank_and_size(group)
+    if len(chunks) != world_size:
+        raise ValueError(f"need one chunk per rank ({world_size}), got {len(chunks)}")
+    device = _device_of(group)
+    sent = torch.tensor([len(chunk) for chunk in chunks], dtype=torch.int64, device=device)
+    received = torch.empty_like(sent)
+    dist.all_to_all_single(received, sent, group=group)
+    row_shape = chunks[0].shape[1:]
+    width = row_shape.numel()
+    flat = torch.cat([chunk.reshape(-1) for chunk in chunks]).to(device)
+    out = torch.empty(int(received.sum()) * width, dtype=flat.dtype, device=device)
+    dist.all_to_all_single(
+        out,
+        flat,
+        output_split_sizes=(received * width).tolist(),
+        input_split_sizes=(sent * width).tolist(),
+        group=group,
+    )
+    pieces = out.to(chunks[0].device).split((received * width).tolist())
+    return [piece.view(-1, *row_shape) for piece in pieces]
+
+
 def gather_rows(
     tensor: torch.Tensor,
     sizes: list[int],

@@ -77,10 +77,17 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
 
 def unpack_signs(codes: torch.Tensor) -> torch.Tensor:
     """codes [n, W] int64 -> [n, 64 W] fp32 of +1 (bit set) and -1: the dot product of two rows
-    is ``64 W - 2 h`` for Hamming distance h, exactly (integers below 2^24)."""
-    shifts = torch.arange(WORD_BITS, device=codes.device)
-    bits = (codes[:, :, None] >> shifts).bitwise_and_(1)  # [n, W, 64]
-    return bits.view(len(codes), -1).float().mul_(2).sub_(1)
+    is ``64 W - 2 h`` for Hamming distance h, exactly (integers below 2^24). A table lookup per
+    byte (little-endian: bit j of word w is bit 64 w + j)."""
+    table = _SIGNS_OF_BYTE.get(codes.device)
+    if table is None:
+        bits = (torch.arange(256)[:, None] >> torch.arange(8)) & 1  # [256, 8]
+        table = _SIGNS_OF_BYTE[codes.device] = (bits * 2 - 1).float().to(codes.device)
+    code_bytes = codes.contiguous().view(torch.uint8).flatten().long()  # [n 8 W]
+    return table.index_select(0, code_bytes).view(len(codes), -1)
+
+
+_SIGNS_OF_BYTE: dict[torch.device, torch.Tensor] = {}
 
 
 def hamming(codes: torch.Tensor, query_codes: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,14 @@
-"""faiss as the CPU backend of ``BinaryIVF``'s Hamming scan.
+"""faiss as the CPU backend of ``BinaryIVF``'s Hamming scan and ``BinaryGraph``'s graph search.
 
 The codes and list assignments stay ``BinaryIVF``'s own (its float coarse quantizer); they are
 mirrored into a faiss ``IndexBinaryIVF`` whose lists are filled with those assignments
 (``add_core`` with precomputed lists) and searched with the queries' own probes
 (``search_preassigned``), so faiss only does what it does fastest: XOR-popcount over the lists.
 Results equal the tensor scan's distances; rows at equal distance may come in another order.
+
+``BinaryGraph``'s graph (built by megaclass) is likewise handed to a faiss ``IndexBinaryHNSW``
+as its only level, so that faiss's C++ search walks it (much faster on CPU than the batched
+tensor beam search: ``benchmarks/results/index.md``).
 """
 
 from __future__ import annotations
@@ -60,3 +64,34 @@ class FaissHammingLists:
         rows = torch.from_numpy(rows).to(probes.device)
         distances = torch.from_numpy(distances.astype(np.int64)).to(probes.device)
         return torch.where(rows < 0, num_bits, distances), rows
+
+
+class FaissHammingGraph:
+    """A graph over binary codes searched by faiss: codes [N, W] int64 and neighbour lists
+    [N, degree] (-1 padded, degree even) become the single level of an ``IndexBinaryHNSW``,
+    so faiss's C++ beam search (Hamming distances, one query per thread) walks the given graph
+    from ``entry_point``."""
+
+    def __init__(self, codes: torch.Tensor, graph: torch.Tensor, entry_point: int) -> None:
+        import faiss
+
+        num_bits, degree = 64 * codes.shape[1], graph.shape[1]
+        if degree % 2:
+            raise ValueError(f"the faiss graph search needs an even degree, got {degree}")
+        self.index = faiss.IndexBinaryHNSW(num_bits, degree // 2)  # level 0 holds 2 M links
+        self.index.storage.add(np.ascontiguousarray(codes.cpu().numpy()).view(np.uint8))
+        self.index.ntotal = len(codes)
+        hnsw = self.index.hnsw
+        faiss.copy_array_to_vector(np.ones(len(codes), dtype=np.int32), hnsw.levels)
+        hnsw.prepare_level_tab(len(codes), True)  # offsets and empty lists for level 0 only
+        links = faiss.rev_swig_ptr(hnsw.neighbors.data(), hnsw.neighbors.size())
+        links[:] = graph.cpu().numpy().astype(np.int32).reshape(-1)
+        hnsw.entry_point, hnsw.max_level = entry_point, 0
+
+    def search(self, query_codes: torch.Tensor, ef: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """query_codes [q, W] -> (distances [q, ef] int64, ids [q, ef]), nearest first, -1
+        where fewer were reached."""
+        self.index.hnsw.efSearch = ef
+        code_bytes = np.ascontiguousarray(query_codes.cpu().numpy()).view(np.uint8)
+        distances, ids = self.index.search(code_bytes, ef)
+        return torch.from_numpy(distances.astype(np.int64)), torch.from_numpy(ids)

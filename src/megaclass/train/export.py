@@ -41,9 +41,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     return write_export(out, description, meta["step"], backbone, class_rows)
 
 
-def load_run(
-    path: str | Path, group: dist.ProcessGroup | None = None, device=None
-) -> TrainedModel:
+def load_run(path: str | Path, group: dist.ProcessGroup | None = None, device=None) -> TrainedModel:
     """The model of a run folder (its newest checkpoint, saved at any world size) or of an
     export folder, for ``predict`` and ``embed``: on this process, or with the class rows
     sharded over ``group`` (every rank of it calls ``load_run``)."""

@@ -1,0 +1,718 @@
+"""``BinaryGraph``: a proximity graph over binary codes, searched in Hamming space and re-ranked
+by the exact cosine (Binary Distributed Graph).
+
+What it stores per vector: its code (``num_bits / 8`` bytes, ``megaclass.index.binary_codes``)
+and ``degree`` neighbours (int32): 144 bytes at 128 bits and degree 32, against 512 bytes for the
+float vector alone at dim 128. The float vectors are only read to re-rank the ``ef`` candidates a
+search recalls, so they may stay on disk (a memory-mapped ``.npy``).
+
+Construction, as published for the distributed graph:
+1. **codes**: a rotation fitted on a sample (random orthogonal or ITQ), the sign bits of every
+   vector;
+2. **partitions**: binary k-means on the sample's codes; every vector joins its ``overlap``
+   nearest partitions (overlap > 1 keeps the merged graph connected across partition borders);
+3. **a graph per partition**: the exact Hamming k-NN of its members (one dense block of +-1
+   matrix products per partition: the dot product of two sign vectors is ``bits - 2 h``);
+4. **merge**: each vector's lists from its partitions are united, and cut to ``degree`` by the
+   relative-neighbourhood rule of HNSW and NSG (a candidate closer to a kept neighbour than to the
+   vector is dropped), which keeps long-range edges; lists are then made mutual (reverse edges)
+   and cut again;
+5. **refinement by neighbourhood propagation**: each vector's neighbours' neighbours are offered
+   as candidates and the list is cut again, ``refine_rounds`` times.
+
+Distributed: each rank holds a shard of the vectors (any sizes) and builds the partitions it
+owns (partition ``p`` on rank ``p % world``); members and their codes go to the owner by
+all-to-all, and the partition graphs' edges come back the same way. Merge, pruning and
+refinement run on the rank that holds the vector, against all codes and, per round, the whole
+graph (all-gathered: 4 bytes per edge). Every step depends on global ids only, so the graph is
+the same on 1, 2 or 3 ranks for the same seed; each rank ends holding the whole index. Within a
+rank the work is dense tensor operations on torch's threads.
+
+Search (``search(queries, k, ef)``): a greedy beam search keeps the ``ef`` nearest codes found
+so far and expands the nearest not yet expanded one until all are; the beam is then re-ranked by
+the exact cosine against the float vectors. Two engines walk the same graph: faiss's C++ search
+(the graph handed to an ``IndexBinaryHNSW`` as its only level, from one entry point; CPU) and a
+batched tensor search (any device: every query of a block advances one expansion per round,
+from the medoids of its nearest partitions, with a visited bitmap per query). Measured against
+faiss, hnswlib and pynndescent in ``benchmarks/results/index.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from megaclass.distributed import all_gather_ints, exchange_rows, gather_rows, rank_and_size
+from megaclass.index.binary_codes import (
+    angle_scores,
+    check_code_settings,
+    encode,
+    exact_rerank,
+    fit_rotation,
+    hamming,
+    pack_bits,
+    unpack_signs,
+)
+from megaclass.index.faiss_hamming import FaissHammingGraph, faiss_available
+from megaclass.logs import ProgressLog
+
+_log = logging.getLogger("megaclass.index")
+_SAMPLE = 65_536  # vectors sampled to fit the rotation and the partitions
+_KMEANS_ITERATIONS = 10
+_ROW_BLOCK = 2048  # vectors handled at once by the partition k-NN, pruning and refinement
+_CODE_BLOCK = 1 << 16  # vectors encoded or compared with the centroids at once
+_SEARCH_BLOCK = 256  # queries searched at once (a visited bitmap of N / 8 bytes each)
+_EMPTY = torch.iinfo(torch.int64).max  # the key of an empty beam slot
+BACKENDS = ("auto", "torch", "faiss")
+STATE_FILE = "binary_graph.safetensors"
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    """How a ``BinaryGraph`` is built (saved with it).
+
+    num_bits: code length, a multiple of 64.
+    rotation: ``"random"`` or ``"itq"`` (needs num_bits <= dim).
+    degree: neighbours kept per vector (the graph's out-degree).
+    candidates: candidates per vector offered to the pruning (from the partition graphs, the
+        reverse edges and each refinement round); at least ``degree``.
+    partition_size: vectors per partition aimed at (members, counting the overlap).
+    overlap: partitions each vector joins (t); >= 2 keeps the graph connected across borders.
+    random_edges: of the ``degree`` links, this many go to uniformly drawn vectors and are never
+        pruned: the long-range edges that a graph of near neighbours lacks between
+        well-separated clusters (with them the graph is connected and a search can leave a
+        cluster it started in: a small-world graph); the rest are pruned near neighbours.
+    alpha: the pruning's slack (Vamana): a candidate is dropped when a kept neighbour is
+        ``alpha`` times nearer to it than the vector is; > 1 keeps more long edges.
+    refine_rounds: rounds of neighbourhood propagation after the merge.
+    entry_points: a search starts from the medoids of the query's nearest partitions, this many.
+    seed: the sample, rotation and k-means initialisation.
+    """
+
+    num_bits: int = 128
+    rotation: str = "random"
+    degree: int = 32
+    candidates: int = 64
+    partition_size: int = 8192
+    overlap: int = 2
+    random_edges: int = 4
+    alpha: float = 1.2
+    refine_rounds: int = 1
+    entry_points: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_code_settings(self.num_bits, self.rotation)
+        if self.degree < 1 or self.candidates < self.degree:
+            raise ValueError(
+                f"need degree >= 1 and candidates >= degree, got {self.degree}, {self.candidates}"
+            )
+        if self.partition_size < 2 or self.overlap < 1 or self.refine_rounds < 0:
+            raise ValueError(
+                "need partition_size >= 2, overlap >= 1, refine_rounds >= 0; got "
+                f"{self.partition_size}, {self.overlap}, {self.refine_rounds}"
+            )
+        if self.random_edges < 0 or self.random_edges >= self.degree or self.alpha < 1:
+            raise ValueError(
+                "need 0 <= random_edges < degree and alpha >= 1, got "
+                f"{self.random_edges}, {self.alpha}"
+            )
+        if self.entry_points < 1:
+            raise ValueError(f"entry_points must be >= 1, got {self.entry_points}")
+
+
+class BinaryGraph:
+    """A graph index over binary codes (see the module docstring).
+
+    ``build(vectors)`` or ``build(shard, group)``, ``search(queries, k, ef)``, ``add(vectors)``,
+    ``save(path)`` / ``BinaryGraph.load(path, vectors)`` (safetensors, no pickle).
+    ``vectors``: the float vectors the search re-ranks with (kept by reference; may be
+    memory-mapped); without them ``search`` ranks by Hamming distance alone.
+    """
+
+    def __init__(
+        self, settings: GraphSettings | None = None, backend: str = "auto", **overrides
+    ) -> None:
+        if settings is not None and overrides:
+            raise ValueError("give either settings or keyword overrides, not both")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "faiss" and not faiss_available():
+            raise ValueError("backend 'faiss' needs faiss (pip install faiss-cpu)")
+        self.settings = settings or GraphSettings(**overrides)
+        self.requested_backend = backend
+        self.vectors: torch.Tensor | None = None  # [N, D] float, for the exact re-rank
+        self.rotation: torch.Tensor | None = None  # [D, num_bits]
+        self.centroids: torch.Tensor | None = None  # [P, W] int64 codes of the partitions
+        self.medoids: torch.Tensor | None = None  # [P] int64, each partition's nearest vector
+        self.codes: torch.Tensor | None = None  # [N, W] int64
+        self.graph: torch.Tensor | None = None  # [N, degree] int32, -1 padded
+        self._faiss: FaissHammingGraph | None = None  # the faiss mirror, made on first search
+
+    @property
+    def backend(self) -> str:
+        """The graph search used: ``"faiss"`` (C++, CPU) or ``"torch"`` (batched tensor beam
+        search, any device); ``"auto"`` picks faiss for CPU codes when it is installed."""
+        if self.requested_backend != "auto":
+            return self.requested_backend
+        on_cpu = self.codes is None or self.codes.device.type == "cpu"
+        return (
+            "faiss" if on_cpu and faiss_available() and self.settings.degree % 2 == 0 else "torch"
+        )
+
+    def __len__(self) -> int:
+        return 0 if self.codes is None else len(self.codes)
+
+    @property
+    def near_degree(self) -> int:
+        """Links per vector to pruned near neighbours (the first columns of ``graph``)."""
+        return self.settings.degree - self.settings.random_edges
+
+    @property
+    def bytes_per_vector(self) -> float:
+        """Memory the index holds per vector (codes and graph; the float vectors not counted)."""
+        return self.settings.num_bits / 8 + 4 * self.settings.degree
+
+    # ---- construction -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def build(self, vectors: torch.Tensor, group: dist.ProcessGroup | None = None) -> BinaryGraph:
+        """Index ``vectors`` [n, D]: all of them, or with ``group`` this rank's shard (global ids
+        follow rank order: rank r's rows come after those of ranks < r). Collective on
+        ``group``; afterwards every rank holds the whole index (``self.vectors`` is this rank's
+        shard only: pass all vectors to ``search`` by setting it, or search on one process).
+        """
+        if vectors.dim() != 2 or not vectors.is_floating_point():
+            raise ValueError(f"vectors must be a float [rows, dim] tensor, got {vectors.shape}")
+        settings = self.settings
+        sizes = [row[0] for row in all_gather_ints([len(vectors)], group)]
+        rank, world = rank_and_size(group)
+        total, start = sum(sizes), sum(sizes[:rank])
+        if total < 2:
+            raise ValueError(f"BinaryGraph needs at least 2 vectors, got {total}")
+        generator = torch.Generator().manual_seed(settings.seed)
+        sample = _gathered_sample(vectors, sizes, start, group, generator)  # [S, D], global order
+        self.rotation = fit_rotation(sample, settings.num_bits, settings.rotation, generator)
+        num_parts = max(
+            1, min(len(sample), round(total * settings.overlap / settings.partition_size))
+        )
+        self.centroids = binary_kmeans(self._encode(sample), num_parts, generator)
+        mine = self._encode(vectors)  # [n, W]
+        edges = self._partition_edges(mine, start, sizes, group)  # (src, dst, distance)
+        self.codes = gather_rows(mine, sizes, group)  # [N, W]
+        stop = start + len(vectors)
+        src, dst, distances = edges
+        ids, dists = _nearest_per_node(src - start, dst, distances, len(vectors), settings, total)
+        graph, dists = self._prune(ids, dists)
+        for round_ in range(settings.refine_rounds + 1):
+            whole = gather_rows(graph, sizes, group), gather_rows(dists, sizes, group)
+            if round_ == 0:  # make the lists mutual: every edge offered back
+                candidates = _with_reverse_edges(graph, dists, *whole, start, stop, settings)
+            else:
+                candidates = self._propagated(start, graph, whole[0])
+            graph, dists = self._prune(*candidates)
+            _log.debug("binary graph: round %d of %d done", round_, settings.refine_rounds)
+        graph = _with_far_links(graph, self._random_edges(start, len(graph)))
+        self.graph = gather_rows(graph, sizes, group).to(torch.int32)
+        self.medoids = self._medoids()
+        self.vectors = vectors if world == 1 else None
+        self._faiss = None
+        return self
+
+    def _encode(self, vectors: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            [
+                encode(vectors[start : start + _CODE_BLOCK], self.rotation)
+                for start in range(0, len(vectors), _CODE_BLOCK)
+            ]
+        )
+
+    def _partition_edges(self, mine, start, sizes, group):
+        """The exact Hamming k-NN edges inside every partition, for this rank's vectors:
+        (src [E], dst [E], distance [E]) global ids, each vector's own lists from all its
+        partitions. Two all-to-alls: members to their partitions' owners, edges back."""
+        _, world = rank_and_size(group)
+        parts = nearest_codes(mine, self.centroids, self.settings.overlap)  # [n, t]
+        ids = torch.arange(start, start + len(mine)).repeat_interleave(parts.shape[1])
+        records = torch.cat(
+            [parts.reshape(-1, 1), ids[:, None], mine.repeat_interleave(parts.shape[1], 0)], 1
+        )
+        owner = records[:, 0] % world
+        arrived = torch.cat(exchange_rows([records[owner == r] for r in range(world)], group))
+        arrived = arrived[torch.argsort(arrived[:, 0] * sum(sizes) + arrived[:, 1])]  # by part, id
+        _, counts = torch.unique_consecutive(arrived[:, 0], return_counts=True)
+        src, dst, dist_ = [], [], []
+        progress = ProgressLog(_log, "binary graph partitions", len(arrived), unit="vectors")
+        first = 0
+        for count in counts.tolist():
+            members = arrived[first : first + count]
+            neighbours, distances = partition_knn(members[:, 2:], self.settings.candidates)
+            src.append(members[:, 1].repeat_interleave(neighbours.shape[1]))
+            dst.append(members[:, 1][neighbours].flatten())
+            dist_.append(distances.flatten())
+            first += count
+            progress.update(first)
+        progress.finish()
+        edges = torch.stack(
+            [
+                torch.cat(src or [torch.empty(0, dtype=torch.int64)]),
+                torch.cat(dst or [torch.empty(0, dtype=torch.int64)]),
+                torch.cat(dist_ or [torch.empty(0, dtype=torch.int64)]),
+            ],
+            1,
+        )
+        bounds = torch.tensor(sizes).cumsum(0)
+        holder = torch.searchsorted(bounds, edges[:, 0].contiguous(), right=True)
+        back = torch.cat(exchange_rows([edges[holder == r] for r in range(world)], group))
+        return back[:, 0], back[:, 1], back[:, 2]
+
+    def _random_edges(self, start: int, count: int) -> torch.Tensor:
+        """``random_edges`` uniformly drawn other vectors for each of nodes [start, start +
+        count): [count, random_edges] global ids, drawn per block of global ids (the same on
+        any number of ranks)."""
+        width, total = self.settings.random_edges, len(self.codes)
+        drawn = torch.empty(count, width, dtype=torch.int64)
+        for block in range(start // _CODE_BLOCK, -(-(start + count) // _CODE_BLOCK)):
+            generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + block)
+            draws = torch.randint(total - 1, (_CODE_BLOCK, width), generator=generator)
+            first = block * _CODE_BLOCK
+            lo, hi = max(start, first), min(start + count, first + _CODE_BLOCK)
+            drawn[lo - start : hi - start] = draws[lo - first : hi - first]
+        return drawn + (drawn >= torch.arange(start, start + count)[:, None])  # never itself
+
+    def _prune(self, ids, dists):
+        """Cut candidate lists to the near links (``degree - random_edges``) by the
+        relative-neighbourhood rule.
+
+        ids [n, M] candidates sorted nearest first (-1 padded), dists [n, M] their Hamming
+        distances -> (ids [n, near], dists [n, near]), nearest first.
+        A candidate is kept unless a neighbour kept before it is ``alpha`` times nearer to it
+        than the node is; lists left short are filled with the nearest dropped candidates.
+        """
+        degree, bits = self.near_degree, self.settings.num_bits
+        out_ids = torch.full((len(ids), degree), -1, dtype=torch.int64)
+        out_dists = torch.full((len(ids), degree), bits + 1, dtype=torch.int64)
+        for first in range(0, len(ids), _ROW_BLOCK):
+            block = slice(first, first + _ROW_BLOCK)
+            candidates, to_node = ids[block], dists[block]  # [b, M]
+            valid = candidates >= 0
+            signs = unpack_signs(self.codes[candidates.clamp_min(0).flatten()])
+            signs = signs.view(*candidates.shape, bits)  # [b, M, bits]
+            between = (bits - torch.bmm(signs, signs.transpose(1, 2))) / 2  # [b, M, M]
+            # closer[:, j, i]: candidate j is alpha times nearer to candidate i than the node is
+            closer = self.settings.alpha * between < to_node[:, None, :]
+            kept = torch.zeros_like(valid)
+            count = torch.zeros(len(candidates), dtype=torch.int64)
+            for i in range(candidates.shape[1]):
+                occluded = (kept & closer[:, :, i]).any(1)
+                take = valid[:, i] & ~occluded & (count < degree)
+                kept[:, i] = take
+                count += take
+            spare = valid & ~kept
+            chosen = kept | (spare & (spare.cumsum(1) <= (degree - count)[:, None]))
+            position = torch.arange(candidates.shape[1]).expand_as(candidates)
+            order = torch.where(chosen, position, position + candidates.shape[1]).argsort(1)
+            order = order[:, :degree]
+            picked = chosen.gather(1, order)
+            width = order.shape[1]
+            out_ids[block, :width] = torch.where(picked, candidates.gather(1, order), -1)
+            out_dists[block, :width] = torch.where(picked, to_node.gather(1, order), bits + 1)
+        return out_ids, out_dists
+
+    def _propagated(self, start, graph, whole):
+        """Candidates of this rank's vectors [n]: their neighbours and their neighbours'
+        neighbours (from ``whole`` [N, degree]), nearest ``candidates`` of them, nearest first."""
+        n, keep = len(graph), self.settings.candidates
+        out_ids = torch.full((n, keep), -1, dtype=torch.int64)
+        out_dists = torch.full((n, keep), self.settings.num_bits + 1, dtype=torch.int64)
+        total = len(self.codes)
+        for first in range(0, n, _ROW_BLOCK):
+            neighbours = graph[first : first + _ROW_BLOCK]  # [b, R]
+            second = whole[neighbours.clamp_min(0)].masked_fill_((neighbours < 0)[:, :, None], -1)
+            candidates = torch.cat([neighbours, second.flatten(1)], 1)  # [b, R + R^2]
+            nodes = torch.arange(start + first, start + first + len(neighbours))
+            valid = (candidates >= 0) & (candidates != nodes[:, None])
+            distances = hamming(self.codes[candidates.clamp_min(0)], self.codes[nodes])
+            keys = torch.where(valid, distances * total + candidates, _EMPTY)
+            ids, dists = _unique_nearest(keys, keep, total, self.settings.num_bits)
+            out_ids[first : first + len(neighbours)] = ids
+            out_dists[first : first + len(neighbours)] = dists
+        return out_ids, out_dists
+
+    def _medoids(self) -> torch.Tensor:
+        """[P]: the vector whose code is nearest each partition's centroid (lowest id on ties)."""
+        centroid_signs = unpack_signs(self.centroids)  # [P, bits]
+        best = torch.full((len(self.centroids),), -math.inf)
+        found = torch.zeros(len(self.centroids), dtype=torch.int64)
+        for first in range(0, len(self.codes), _CODE_BLOCK):
+            dots = unpack_signs(self.codes[first : first + _CODE_BLOCK]) @ centroid_signs.t()
+            block_best, where = dots.max(0)  # first maximum: the lowest id
+            better = block_best > best
+            best = torch.where(better, block_best, best)
+            found = torch.where(better, where + first, found)
+        return found
+
+    # ---- search --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def search(
+        self, queries: torch.Tensor, k: int, ef: int = 64
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` nearest vectors of each query: queries [Q, D] -> (scores [Q, k] fp32, ids
+        [Q, k] int64), best first; -inf and -1 where fewer were found.
+
+        ef: the beam (candidates recalled in Hamming space and re-ranked), at least k.
+        Scores are exact cosines when ``self.vectors`` is set, else the Hamming estimate
+        ``cos(pi h / bits)``.
+        """
+        self._check_built()
+        if queries.dim() != 2 or queries.shape[1] != self.rotation.shape[0]:
+            raise ValueError(
+                f"queries must be [Q, {self.rotation.shape[0]}], got {tuple(queries.shape)}"
+            )
+        if not 1 <= k <= ef:
+            raise ValueError(f"need 1 <= k <= ef, got k={k}, ef={ef}")
+        distances, found = self.recall(self._encode(queries), ef)  # [Q, ef]
+        if self.vectors is not None:
+            scores, found = exact_rerank(self.vectors, queries, found, k)
+        else:
+            scores, found = angle_scores(distances[:, :k], self.settings.num_bits), found[:, :k]
+            scores[found < 0] = -math.inf
+        if found.shape[1] < k:  # fewer vectors than k
+            scores = F.pad(scores, (0, k - found.shape[1]), value=-math.inf)
+            found = F.pad(found, (0, k - found.shape[1]), value=-1)
+        return scores, found
+
+    def recall(self, query_codes: torch.Tensor, ef: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``ef`` nearest codes the graph search finds: query_codes [Q, W] -> (Hamming
+        distances [Q, ef] int64, ids [Q, ef]), nearest first, -1 where fewer were reached."""
+        if self.backend == "faiss":
+            if self._faiss is None:
+                self._faiss = FaissHammingGraph(self.codes, self.graph, int(self.medoids[0]))
+            return self._faiss.search(query_codes, ef)
+        keys = torch.cat(
+            [
+                self._beam_search(query_codes[first : first + _SEARCH_BLOCK], ef)
+                for first in range(0, len(query_codes), _SEARCH_BLOCK)
+            ]
+        )
+        empty = keys == _EMPTY
+        return (
+            torch.where(empty, self.settings.num_bits + 1, keys // len(self)),
+            torch.where(empty, -1, keys % len(self)),
+        )
+
+    def _beam_search(self, query_codes: torch.Tensor, ef: int) -> torch.Tensor:
+        """Beam keys ``distance * N + id`` [q, ef] (ascending, ``_EMPTY`` padded) of the
+        nearest codes found by a greedy beam search from the nearest partitions' medoids."""
+        beam = _Beam(query_codes, self.codes, ef)
+        entries = nearest_codes(query_codes, self.centroids, self.settings.entry_points)
+        beam.offer(self.medoids[entries])
+        result = torch.empty(len(query_codes), ef, dtype=torch.int64)
+        rows = torch.arange(len(query_codes))  # the query of each beam row
+        while True:
+            parents = beam.next_parents()  # [r], -1 where the beam is fully expanded
+            live = parents >= 0
+            if 2 * int(live.sum()) <= len(live):  # finished beams leave, when half have
+                result[rows[~live]] = beam.keys[~live]
+                if not live.any():
+                    return result
+                rows, parents = rows[live], parents[live]
+                beam.keep(live)
+            neighbours = self.graph[parents.clamp_min(0)].long()  # [r, degree]
+            beam.offer(neighbours.masked_fill_((parents < 0)[:, None], -1))
+
+    @torch.no_grad()
+    def add(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Append ``vectors`` [n, D] as ids N..N+n-1 and return those ids: each is linked to
+        the nearest of ``candidates`` vectors a graph search finds (cut by the pruning rule)
+        and to ``random_edges`` drawn ones,
+        and offered back to them as a reverse edge. The new vectors reach one another through
+        their common neighbours; after many additions a rebuild gives a better graph. The float
+        vectors (for the re-rank), if set, are extended in memory."""
+        self._check_built()
+        if vectors.dim() != 2 or vectors.shape[1] != self.rotation.shape[0]:
+            raise ValueError(
+                f"vectors must be [n, {self.rotation.shape[0]}], got {tuple(vectors.shape)}"
+            )
+        first = len(self)
+        new_codes = self._encode(vectors)
+        distances, found = self.recall(new_codes, self.settings.candidates)
+        self.codes = torch.cat([self.codes, new_codes])
+        links, link_distances = self._prune(found, distances)  # [n, near]
+        new_ids = torch.arange(first, first + len(vectors))
+        # offered back: each neighbour of a new vector gets it as a candidate
+        has = links >= 0
+        touched = links[has].unique()  # sorted
+        targets = new_ids[:, None].expand_as(links)[has]
+        near = self.near_degree
+        old_links = self.graph[touched, :near].long()
+        old_distances = hamming(self.codes[old_links.clamp_min(0)], self.codes[touched])
+        valid = old_links >= 0
+        local = torch.arange(len(touched))[:, None].expand_as(old_links)
+        src = torch.cat([local[valid], torch.searchsorted(touched, links[has])])
+        dst = torch.cat([old_links[valid], targets])
+        candidates = _nearest_per_node(
+            src,
+            dst,
+            torch.cat([old_distances[valid], link_distances[has]]),
+            len(touched),
+            self.settings,
+            len(self),
+        )
+        far = self._random_edges(first, len(vectors))
+        self.graph = torch.cat([self.graph, _with_far_links(links, far).to(torch.int32)])
+        self.graph[touched, :near] = self._prune(*candidates)[0].to(torch.int32)
+        if self.vectors is not None:
+            self.vectors = torch.cat([self.vectors, vectors.to(self.vectors.dtype)])
+        self._faiss = None
+        return new_ids
+
+    def _check_built(self) -> None:
+        if self.graph is None:
+            raise RuntimeError("BinaryGraph is empty: call build(vectors) or load(path) first")
+
+    # ---- state ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        self._check_built()
+        return {
+            "rotation": self.rotation,
+            "centroids": self.centroids,
+            "medoids": self.medoids,
+            "codes": self.codes,
+            "graph": self.graph,
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = {"rotation", "centroids", "medoids", "codes", "graph"} - set(state)
+        if missing:
+            raise ValueError(f"BinaryGraph state lacks {sorted(missing)}")
+        graph, codes = state["graph"], state["codes"]
+        words = self.settings.num_bits // 64
+        if (
+            codes.dim() != 2
+            or codes.shape[1] != words
+            or graph.shape
+            != (
+                len(codes),
+                self.settings.degree,
+            )
+        ):
+            raise ValueError(
+                f"BinaryGraph state has codes {tuple(codes.shape)} and graph "
+                f"{tuple(graph.shape)}; the settings want [N, {words}] and [N, "
+                f"{self.settings.degree}]"
+            )
+        if len(graph) and (int(graph.min()) < -1 or int(graph.max()) >= len(codes)):
+            raise ValueError("BinaryGraph state has edges to vectors it does not hold")
+        for name in ("rotation", "centroids", "medoids", "codes", "graph"):
+            setattr(self, name, state[name])
+        self._faiss = None
+
+    def save(self, path: str | Path) -> None:
+        """Write the index to ``path`` (one safetensors file; the settings in its metadata)."""
+        from safetensors.torch import save_file
+
+        state = {name: tensor.contiguous() for name, tensor in self.state_dict().items()}
+        save_file(state, str(path), metadata={"settings": json.dumps(asdict(self.settings))})
+
+    @classmethod
+    def load(
+        cls, path: str | Path, vectors: torch.Tensor | None = None, backend: str = "auto"
+    ) -> BinaryGraph:
+        """The index saved at ``path``; ``vectors`` [N, D]: the float vectors to re-rank with
+        (may be memory-mapped)."""
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as file:
+                settings = GraphSettings(**json.loads(file.metadata()["settings"]))
+                names = file.keys()
+                state = {name: file.get_tensor(name) for name in names}
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as error:
+            raise ValueError(f"{path} is not a readable BinaryGraph file: {error}") from None
+        index = cls(settings, backend)
+        index.load_state_dict(state)
+        if vectors is not None and vectors.shape != (len(index), index.rotation.shape[0]):
+            raise ValueError(
+                f"vectors are {tuple(vectors.shape)}, the index holds {len(index)} of dim "
+                f"{index.rotation.shape[0]}"
+            )
+        index.vectors = vectors
+        return index
+
+
+class _Beam:
+    """The search beams of a block of queries: keys ``distance * N + id`` [q, ef] ascending,
+    which of them were expanded, and a visited bitmap [q, N / 8] so that no vector is scored
+    twice for a query."""
+
+    def __init__(self, query_codes: torch.Tensor, codes: torch.Tensor, ef: int) -> None:
+        q, self.total = len(query_codes), len(codes)
+        self.query_codes, self.codes = query_codes, codes
+        self.keys = torch.full((q, ef), _EMPTY, dtype=torch.int64)
+        self.expanded = torch.zeros(q, ef, dtype=torch.bool)
+        self.visited = torch.zeros(q, (self.total + 7) // 8, dtype=torch.uint8)
+
+    def offer(self, candidates: torch.Tensor) -> None:
+        """Score the unvisited candidates [q, c] (-1 padded, repeats allowed) and keep the
+        ``ef`` nearest of beam and candidates."""
+        candidates = candidates.sort(1).values
+        repeat = torch.zeros_like(candidates, dtype=torch.bool)
+        repeat[:, 1:] = candidates[:, 1:] == candidates[:, :-1]
+        valid = (candidates >= 0) & ~repeat
+        ids = candidates.clamp_min(0)
+        byte, bit = ids >> 3, (ids & 7).to(torch.uint8)
+        seen = self.visited.gather(1, byte).bitwise_right_shift(bit).bitwise_and_(1).bool()
+        new = valid & ~seen
+        marks = torch.where(new, torch.ones_like(bit).bitwise_left_shift(bit), 0)
+        self.visited.scatter_add_(1, byte, marks)  # distinct new bits: adding sets them
+        distances = hamming(self.codes[ids], self.query_codes)  # [q, c]
+        keys = torch.where(new, distances * self.total + ids, _EMPTY)
+        merged = torch.cat([self.keys, keys], 1)
+        flags = torch.cat([self.expanded, torch.zeros_like(new)], 1)
+        self.keys, where = merged.topk(self.keys.shape[1], dim=1, largest=False, sorted=True)
+        self.expanded = flags.gather(1, where)
+
+    def next_parents(self) -> torch.Tensor:
+        """Each beam's nearest vector not yet expanded, marked expanded: [q], -1 where none."""
+        open_ = ~self.expanded & (self.keys != _EMPTY)
+        position = open_.to(torch.int8).argmax(1)  # the first open slot: the nearest
+        has = open_.any(1)
+        self.expanded[torch.arange(len(position)), position] |= has
+        return torch.where(has, self.keys[torch.arange(len(position)), position] % self.total, -1)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Drop the beams of finished queries (rows [q] bool: the ones that stay)."""
+        self.keys, self.expanded = self.keys[rows], self.expanded[rows]
+        self.visited, self.query_codes = self.visited[rows], self.query_codes[rows]
+
+
+# ---- construction steps (pure functions of global ids and codes) -------------------------
+
+
+def binary_kmeans(codes: torch.Tensor, num_parts: int, generator: torch.Generator) -> torch.Tensor:
+    """Centroid codes [P, W] of ``num_parts`` clusters of codes [n, W] by Hamming distance:
+    seeded distinct starting points, then the majority bit of each cluster's members (an
+    empty cluster keeps its centroid)."""
+    centroids = codes[torch.randperm(len(codes), generator=generator)[:num_parts]]
+    signs = unpack_signs(codes)  # [n, bits]
+    for _ in range(_KMEANS_ITERATIONS):
+        nearest = nearest_codes(codes, centroids, 1)[:, 0]
+        sums = torch.zeros(len(centroids), signs.shape[1]).index_add_(0, nearest, signs)
+        counts = torch.bincount(nearest, minlength=len(centroids))
+        updated = pack_bits(sums >= 0)
+        centroids = torch.where((counts > 0)[:, None], updated, centroids)
+    return centroids
+
+
+def nearest_codes(codes: torch.Tensor, targets: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``count`` targets [T, W] nearest each code [n, W] by Hamming distance, nearest first,
+    lower index first on ties: -> [n, min(count, T)] int64."""
+    count = min(count, len(targets))
+    target_signs = unpack_signs(targets).t()  # [bits, T]
+    out = torch.empty(len(codes), count, dtype=torch.int64)
+    for first in range(0, len(codes), _CODE_BLOCK):
+        dots = unpack_signs(codes[first : first + _CODE_BLOCK]) @ target_signs  # [b, T]
+        keys = (target_signs.shape[0] - dots).long() * len(targets) + torch.arange(len(targets))
+        out[first : first + len(dots)] = keys.topk(count, 1, largest=False).indices
+    return out
+
+
+def partition_knn(codes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact Hamming k-NN inside one partition: codes [m, W] -> (neighbours [m, k'] positions,
+    distances [m, k'] int64), nearest first, k' = min(k, m - 1), never the member itself."""
+    k = min(k, len(codes) - 1)
+    signs = unpack_signs(codes)  # [m, bits]
+    bits = signs.shape[1]
+    neighbours = torch.empty(len(codes), max(k, 0), dtype=torch.int64)
+    distances = torch.empty(len(codes), max(k, 0), dtype=torch.int64)
+    if k <= 0:
+        return neighbours, distances
+    for first in range(0, len(codes), _ROW_BLOCK):
+        dots = signs[first : first + _ROW_BLOCK] @ signs.t()  # [b, m]: bits - 2 h
+        rows = torch.arange(len(dots))
+        dots[rows, rows + first] = -bits - 2  # itself: after every other member
+        top, found = dots.topk(k, 1)
+        neighbours[first : first + len(dots)] = found
+        distances[first : first + len(dots)] = ((bits - top) / 2).long()
+    return neighbours, distances
+
+
+def _gathered_sample(vectors, sizes, start, group, generator) -> torch.Tensor:
+    """Up to ``_SAMPLE`` seeded rows of all ranks' vectors, normalised, in global id order (the
+    same on every rank for every world size)."""
+    total = sum(sizes)
+    picked = torch.randperm(total, generator=generator)[: min(total, _SAMPLE)].sort().values
+    holder = torch.searchsorted(torch.tensor(sizes).cumsum(0), picked, right=True)
+    counts = torch.bincount(holder, minlength=len(sizes)).tolist()
+    mine = picked[(picked >= start) & (picked < start + len(vectors))] - start
+    rows = F.normalize(vectors[mine].float(), dim=1)
+    return gather_rows(rows, counts, group)
+
+
+def _nearest_per_node(src, dst, distances, n, settings, total):
+    """Edges (src, dst, distance) [E] with src in 0..n-1 -> per src its ``candidates`` nearest
+    distinct dst: (ids [n, candidates], distances [n, candidates]), nearest first (lower id on
+    ties), -1 padded."""
+    keep, empty = settings.candidates, settings.num_bits + 1
+    order = torch.argsort((src * (empty + 1) + distances) * total + dst)
+    src, dst, distances = src[order], dst[order], distances[order]
+    repeat = torch.zeros_like(src, dtype=torch.bool)
+    repeat[1:] = (src[1:] == src[:-1]) & (dst[1:] == dst[:-1])
+    src, dst, distances = src[~repeat], dst[~repeat], distances[~repeat]
+    counts = torch.bincount(src, minlength=n)
+    position = torch.arange(len(src)) - (counts.cumsum(0) - counts)[src]
+    fits = position < keep
+    ids = torch.full((n, keep), -1, dtype=torch.int64)
+    out = torch.full((n, keep), empty, dtype=torch.int64)
+    ids[src[fits], position[fits]] = dst[fits]
+    out[src[fits], position[fits]] = distances[fits]
+    return ids, out
+
+
+def _with_reverse_edges(graph, dists, whole_graph, whole_dists, start, stop, settings):
+    """Candidates of nodes [start, stop): their own lists and every edge pointing to them."""
+    mine = (whole_graph >= start) & (whole_graph < stop)  # [N, R]
+    reverse_src = whole_graph[mine]
+    reverse_dst = torch.arange(len(whole_graph))[:, None].expand_as(whole_graph)[mine]
+    own = graph >= 0
+    own_src = torch.arange(stop - start)[:, None].expand_as(graph)[own]
+    src = torch.cat([own_src, reverse_src - start])
+    dst = torch.cat([graph[own], reverse_dst])
+    distances = torch.cat([dists[own], whole_dists[mine]])
+    return _nearest_per_node(src, dst, distances, stop - start, settings, len(whole_graph))
+
+
+def _with_far_links(near: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
+    """near [n, a] and far [n, b] links -> [n, a + b], a far link already in the row -1."""
+    repeat = (far[:, :, None] == near[:, None, :]).any(2)
+    repeat |= torch.tril(far[:, :, None] == far[:, None, :], diagonal=-1).any(2)
+    return torch.cat([near, far.masked_fill(repeat, -1)], 1)
+
+
+def _unique_nearest(keys, keep, total, bits):
+    """Row-wise: the ``keep`` smallest distinct keys ``distance * total + id`` of [n, c] ->
+    (ids [n, keep], distances [n, keep]), -1 padded."""
+    keys = keys.sort(1).values
+    repeat = torch.zeros_like(keys, dtype=torch.bool)
+    repeat[:, 1:] = keys[:, 1:] == keys[:, :-1]
+    position = torch.arange(keys.shape[1]).expand_as(keys)
+    first = torch.where(repeat, position + keys.shape[1], position).argsort(1)[:, :keep]
+    shortlist = torch.where(repeat.gather(1, first), _EMPTY, keys.gather(1, first))
+    empty = shortlist == _EMPTY
+    ids = torch.where(empty, -1, shortlist % total)
+    distances = torch.where(empty, bits + 1, shortlist // total)
+    if ids.shape[1] < keep:
+        pad = keep - ids.shape[1]
+        ids = F.pad(ids, (0, pad), value=-1)
+        distances = F.pad(distances, (0, pad), value=bits + 1)
+    return ids, distances

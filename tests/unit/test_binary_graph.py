@@ -1,0 +1,141 @@
+"""BinaryGraph: the graph's shape, search against the exact top-k (both engines), additions,
+saving and loading, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from megaclass.index.binary_codes import popcount
+from megaclass.index.binary_graph import BinaryGraph, GraphSettings, partition_knn
+from megaclass.index.faiss_hamming import faiss_available
+
+SMALL = GraphSettings(num_bits=64, degree=16, candidates=32, partition_size=600, overlap=2)
+ENGINES = [
+    "torch",
+    pytest.param(
+        "faiss", marks=pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
+    ),
+]
+
+
+def clustered(n: int, dim: int = 32, seed: int = 0) -> torch.Tensor:
+    """Points around 40 fixed centres (tight, well apart: a graph of near neighbours alone
+    would fall apart into clusters); ``seed`` draws the points."""
+    centres = torch.randn(40, dim, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(seed + 1)
+    which = torch.randint(0, 40, (n,), generator=generator)
+    return centres[which] + 0.3 * torch.randn(n, dim, generator=generator)
+
+
+def exact_topk(vectors: torch.Tensor, queries: torch.Tensor, k: int) -> torch.Tensor:
+    return (F.normalize(queries, dim=1) @ F.normalize(vectors, dim=1).t()).topk(k, 1).indices
+
+
+def recall(found: torch.Tensor, truth: torch.Tensor) -> float:
+    hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(found, truth, strict=True))
+    return hits / truth.numel()
+
+
+@pytest.fixture(scope="module")
+def built() -> tuple[BinaryGraph, torch.Tensor]:
+    vectors = clustered(2000)
+    return BinaryGraph(SMALL, backend="torch").build(vectors), vectors
+
+
+def test_the_graph_has_bounded_degree_no_self_edges_and_reaches_every_vector(built):
+    index, vectors = built
+    graph = index.graph.long()
+    assert graph.shape == (len(vectors), SMALL.degree) and graph.dtype == torch.int64
+    near = SMALL.degree - SMALL.random_edges
+    assert (graph[:, :near] >= 0).all(), "2,000 vectors leave no list of near links short"
+    assert not (graph == torch.arange(len(graph))[:, None]).any()
+    assert all(len(set(row[row >= 0].tolist())) == int((row >= 0).sum()) for row in graph)
+    reached = torch.zeros(len(graph), dtype=torch.bool)
+    frontier = index.medoids[:1]
+    while len(frontier):  # breadth-first from the search's entry point
+        reached[frontier] = True
+        nxt = graph[frontier].flatten().unique()
+        nxt = nxt[nxt >= 0]
+        frontier = nxt[~reached[nxt]]
+    assert reached.all()
+    assert index.bytes_per_vector == 64 / 8 + 4 * 16
+
+
+def test_each_partition_graph_is_the_exact_hamming_knn():
+    codes = torch.randint(-(2**62), 2**62, (300, 1))
+    neighbours, distances = partition_knn(codes, 5)
+    true = popcount(codes[:, None, 0] ^ codes[None, :, 0])  # [m, m]
+    true.fill_diagonal_(1000)
+    want = true.sort(1).values[:, :5]
+    assert torch.equal(distances, want)
+    assert torch.equal(true.gather(1, neighbours), want)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_search_finds_the_exact_neighbours_and_all_of_them_with_a_wide_beam(built, engine):
+    index, vectors = built
+    index.requested_backend, index._faiss = engine, None
+    queries = clustered(200, seed=1)
+    truth = exact_topk(vectors, queries, 10)
+    scores, ids = index.search(queries, 10, ef=64)
+    assert recall(ids, truth) >= 0.95
+    want = F.normalize(queries, dim=1) @ F.normalize(vectors, dim=1).t()
+    assert torch.allclose(scores, want.gather(1, ids), atol=1e-5)  # exact cosines, re-ranked
+    scores, _ = index.search(queries, 10, ef=len(vectors))  # the beam holds every vector
+    assert torch.allclose(scores, want.topk(10, 1).values, atol=1e-5)  # exact (ties aside)
+
+
+def test_without_float_vectors_search_ranks_by_hamming_distance(built):
+    index, _ = built
+    bare = BinaryGraph(SMALL, backend="torch")
+    bare.load_state_dict(index.state_dict())
+    queries = clustered(50, seed=2)
+    scores, ids = bare.search(queries, 5, ef=32)
+    query_codes = bare._encode(queries)
+    distances = popcount(bare.codes[ids] ^ query_codes[:, None]).sum(2)  # [50, 5]
+    assert torch.allclose(scores, torch.cos(distances * torch.pi / SMALL.num_bits))
+    nearest = popcount(bare.codes[None] ^ query_codes[:, None]).sum(2).sort(1).values[:, :5]
+    assert (distances == nearest).all(1).float().mean() >= 0.9
+
+
+def test_added_vectors_are_found():
+    vectors = clustered(2000)
+    index = BinaryGraph(SMALL, backend="torch").build(vectors[:1500])
+    ids = index.add(vectors[1500:])
+    assert ids.tolist() == list(range(1500, 2000)) and len(index) == 2000
+    assert index.graph.shape == (2000, SMALL.degree)
+    assert (index.graph[1500:, : SMALL.degree - SMALL.random_edges] >= 0).all()
+    _, found = index.search(vectors[1500:], 1, ef=32)
+    assert (found[:, 0] == ids).float().mean() >= 0.95  # each finds itself
+
+
+def test_saved_and_loaded_it_answers_the_same(built, tmp_path):
+    index, vectors = built
+    path = tmp_path / "graph.safetensors"
+    index.save(path)
+    loaded = BinaryGraph.load(path, vectors=vectors, backend="torch")
+    assert loaded.settings == index.settings
+    queries = clustered(30, seed=3)
+    assert torch.equal(loaded.search(queries, 5)[1], index.search(queries, 5)[1])
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable BinaryGraph"):
+        BinaryGraph.load(path)
+    with pytest.raises(ValueError, match="vectors are"):
+        index.save(tmp_path / "again.safetensors")
+        BinaryGraph.load(tmp_path / "again.safetensors", vectors=vectors[:10])
+
+
+def test_bad_input_is_refused(built):
+    index, _ = built
+    with pytest.raises(ValueError, match=r"queries must be \[Q, 32\]"):
+        index.search(torch.randn(3, 31), 5)
+    with pytest.raises(ValueError, match="1 <= k <= ef"):
+        index.search(torch.randn(3, 32), 10, ef=5)
+    with pytest.raises(RuntimeError, match="empty"):
+        BinaryGraph().search(torch.randn(1, 32), 1)
+    with pytest.raises(ValueError, match="candidates >= degree"):
+        GraphSettings(degree=32, candidates=16)
+    with pytest.raises(ValueError, match="at least 2 vectors"):
+        BinaryGraph().build(torch.randn(1, 8))
