@@ -125,10 +125,17 @@ def _parser() -> argparse.ArgumentParser:
         "export",
         help="write a run's model as an export folder",
         description="Write a run's newest checkpoint as an export folder: manifest.json, "
-        "backbone.safetensors, class_weights.npy, class_ids.npy (docs/training.md).",
+        "backbone.safetensors, class_weights.npy, class_ids.npy and, for a cosine head, the "
+        "graph index megaclass serve searches (docs/training.md, docs/serving.md).",
     )
     export.add_argument("run_dir", help="the run folder")
     export.add_argument("out", help="the export folder to write")
+    export.add_argument(
+        "--index",
+        choices=("auto", "binary_graph", "none"),
+        default="auto",
+        help="the search index to build: auto = binary_graph for a cosine head, none otherwise",
+    )
     export.set_defaults(run=_export)
     predict = commands.add_parser(
         "predict",
@@ -172,6 +179,19 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=5.0,
         help="how long a request waits for others to batch with",
+    )
+    serve.add_argument(
+        "--search",
+        choices=("auto", "exact", "binary_graph"),
+        default="auto",
+        help="how classes are ranked: the export's graph index, every class scored, or auto "
+        "(the graph index when the export has one)",
+    )
+    serve.add_argument(
+        "--ef", type=int, default=64, help="graph search: candidates recalled and re-ranked"
+    )
+    serve.add_argument(
+        "--timeout-s", type=float, default=10.0, help="a request's deadline (then 503)"
     )
     serve.set_defaults(run=_serve)
     config = commands.add_parser(
@@ -373,7 +393,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from megaclass.train.export import export_run
 
-    print(f"wrote {export_run(args.run_dir, args.out)}")
+    print(f"wrote {export_run(args.run_dir, args.out, args.index)}")
     return 0
 
 
@@ -422,5 +442,14 @@ def _config(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from megaclass.serve.server import serve
 
-    serve(args.export, args.host, args.port, args.max_batch, args.max_wait_ms / 1e3)
+    serve(
+        args.export,
+        args.host,
+        args.port,
+        max_rows=args.max_batch,
+        max_wait_s=args.max_wait_ms / 1e3,
+        search=args.search,
+        ef=args.ef,
+        timeout_s=args.timeout_s,
+    )
     return 0

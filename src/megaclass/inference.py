@@ -7,7 +7,9 @@ An export folder holds:
   the inputs the backbone takes, the backbone's factory and arguments) and the training step;
 - ``backbone.safetensors``: the backbone's weights;
 - ``class_weights.npy``: float32 [num_classes, dim], row i = class i; ``class_ids.npy``: int64
-  [num_classes], 0..num_classes-1.
+  [num_classes], 0..num_classes-1;
+- for a cosine head, ``index.safetensors``: the ``BinaryGraph`` over the class rows that
+  ``megaclass serve`` searches (named by the manifest's ``index`` entry).
 Nothing is unpickled: JSON, safetensors and plain ``.npy`` arrays only.
 """
 
@@ -31,6 +33,8 @@ from megaclass.models import BackboneSpec
 from megaclass.samplers import Full
 
 FORMAT = 1
+INDEX_FILE = "index.safetensors"
+INDEX_KINDS = ("auto", "binary_graph", "none")
 INPUT_DTYPES = ("float32", "int64")
 _log = logging.getLogger("megaclass.inference")
 
@@ -250,6 +254,28 @@ def write_export(
     manifest = {**description.to_json(), "step": step}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return folder
+
+
+def write_graph_index(folder: str | Path) -> Path:
+    """Build the ``BinaryGraph`` over an export's class rows (default settings), save it as
+    ``index.safetensors`` and name it in the manifest. Only for a cosine head: the graph ranks
+    by cosine, which is not the order of a dot-product head's scores."""
+    from megaclass.index import BinaryGraph
+
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    manifest = read_description(manifest_path)
+    if not manifest.get("normalize"):
+        raise ValueError(
+            f"{folder}: the head scores by dot product; a graph index ranks by cosine "
+            "(export with --index none)"
+        )
+    weights = torch.from_numpy(np.load(folder / "class_weights.npy", mmap_mode="c"))
+    index = BinaryGraph().build(weights)
+    index.save(folder / INDEX_FILE)
+    manifest["index"] = {"kind": "binary_graph", "file": INDEX_FILE}
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return folder / INDEX_FILE
 
 
 def predict_file(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import subprocess
 import sys
 import threading
@@ -14,6 +15,8 @@ import pytest
 import uvicorn
 
 from megaclass.inference import load_export
+from megaclass.serve.app import create_app
+from megaclass.serve.search import ExactSearch
 from megaclass.serve.server import load_app
 from tests.distributed.harness import free_port
 from tests.integration.helpers import TINY, megaclass, set_args, write_features
@@ -32,19 +35,29 @@ def export(tmp_path_factory):
     return np.load(data / "eval_x.npy"), out
 
 
-@pytest.fixture(scope="module")
-def server(export):
-    """The app over the export under uvicorn on a free port, in a thread: (base URL, app)."""
-    app = load_app(export[1], max_rows=64, max_wait_s=0.05)
+@contextlib.contextmanager
+def serving(app):
+    """``app`` under uvicorn on a free port, in a thread: yields its base URL."""
     port = free_port()
     runner = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=runner.run, daemon=True)
     thread.start()
     while not runner.started:
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", app
-    runner.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        runner.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(export):
+    """The app over the export (its graph index, a beam wider than the 97 classes: exact)
+    under uvicorn: (base URL, app)."""
+    app = load_app(export[1], max_rows=64, max_wait_s=0.05, ef=128)
+    with serving(app) as url:
+        yield url, app
 
 
 def test_health_info_and_openapi(server):
@@ -52,7 +65,8 @@ def test_health_info_and_openapi(server):
     assert httpx.get(f"{url}/healthz").status_code == 200
     info = httpx.get(f"{url}/v1/info").json()
     assert (info["num_classes"], info["embedding_dim"], info["input_dim"]) == (97, 32, 12)
-    assert info["index"]["kind"] == "exact" and info["model_version"] == 6
+    assert info["index"]["kind"] == "binary_graph" and info["index"]["ef"] == 128
+    assert info["model_version"] == 6
     paths = httpx.get(f"{url}/openapi.json").json()["paths"]
     assert {"/v1/predict", "/v1/search", "/v1/info", "/healthz"} <= paths.keys()
 
@@ -136,3 +150,50 @@ def test_the_command_line_serves_an_export(export):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_the_exact_search_answers_the_same_and_says_so(export):
+    inputs, folder = export
+    expected = load_export(folder).predict(inputs[:10], k=5)
+    with serving(load_app(folder, search="exact")) as url:
+        assert httpx.get(f"{url}/v1/info").json()["index"] == {"kind": "exact"}
+        body = httpx.post(f"{url}/v1/predict", json={"inputs": inputs[:10].tolist(), "k": 5})
+        assert body.json()["ids"] == expected.ids.tolist()
+
+
+class _Broken(ExactSearch):
+    """Fails on a row whose first value is 999 (an internal error), sleeps on one of 555."""
+
+    def search(self, embeddings, k):
+        if (embeddings[:, 0] == 999).any():
+            raise RuntimeError("the index is broken")
+        if (embeddings[:, 0] == 555).any():
+            time.sleep(1.0)
+        return super().search(embeddings, k)
+
+
+def test_internal_errors_deadlines_and_big_bodies_spare_the_other_requests(export, caplog):
+    inputs, folder = export
+    model = load_export(folder)
+    app = create_app(
+        model, searcher=_Broken(model.head), max_wait_s=0.05, timeout_s=0.5, max_body_bytes=4096
+    )
+    good = {"embeddings": model.embed(inputs[:2]).tolist(), "k": 3}
+    bad = {"embeddings": [[999.0] * 32], "k": 3}
+    slow = {"embeddings": [[555.0] * 32], "k": 3}
+    with serving(app) as url:
+        answer = httpx.post(f"{url}/v1/search", json=bad)
+        assert answer.status_code == 500 and answer.json()["error_id"] in caplog.text
+        answer = httpx.post(f"{url}/v1/search", json=slow)
+        assert answer.status_code == 503 and "within 0.5 s" in answer.text
+        big = {"embeddings": [[0.0] * 32] * 100, "k": 3}
+        answer = httpx.post(f"{url}/v1/search", json=big)
+        assert answer.status_code == 413 and "at most 4,096 bytes" in answer.text
+        # a failing request among good ones, batched together: only it fails
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            bodies = [good, good, bad, good, good, good]
+            answers = list(pool.map(lambda b: httpx.post(f"{url}/v1/search", json=b), bodies))
+        assert [a.status_code for a in answers] == [200, 200, 500, 200, 200, 200]
+        want = model.predict(inputs[:2], k=3).ids.tolist()
+        assert all(a.json()["ids"] == want for a in answers if a.status_code == 200)
+        assert httpx.get(f"{url}/healthz").status_code == 200

@@ -8,23 +8,32 @@ Wire format (clients rely on it):
 - ``GET /v1/info``: ``num_classes``, ``embedding_dim``, ``input_dim``, ``input_dtype``,
   ``index`` (the search and its settings), ``model_version`` (the export's training step);
 - ``GET /healthz``: 200 once the model is loaded (the app exists only then).
-A malformed request gets 422 with the reason; concurrent requests are batched
-(``MicroBatcher``). The OpenAPI description is at ``/openapi.json`` (``/docs`` renders it).
+A malformed request gets 422 with the reason, a body over ``max_body_bytes`` 413, a request
+not answered within ``timeout_s`` 503, an internal error 500 with an ``error_id`` that the log
+names with the traceback. Concurrent requests are batched (``MicroBatcher``); the classes are
+ranked by a ``Searcher`` (exact, or the export's graph index). The OpenAPI description is at
+``/openapi.json`` (``/docs`` renders it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import math
+import uuid
 
 import torch
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from megaclass.inference import TrainedModel
 from megaclass.serve.batching import MicroBatcher
+from megaclass.serve.search import ExactSearch, Searcher
 
 MAX_K = 1000  # classes one request may ask for
+_log = logging.getLogger("megaclass.serve")
 
 
 class PredictRequest(BaseModel):
@@ -43,22 +52,26 @@ class TopK(BaseModel):
 
 
 def create_app(
-    model: TrainedModel, model_version: int | None = None, max_rows: int = 256, max_wait_s=0.005
+    model: TrainedModel,
+    model_version: int | None = None,
+    max_rows: int = 256,
+    max_wait_s: float = 0.005,
+    searcher: Searcher | None = None,
+    timeout_s: float = 10.0,
+    max_body_bytes: int = 16 << 20,
 ) -> FastAPI:
-    """The API over ``model`` (exact search: every class scored). ``max_rows`` and
-    ``max_wait_s``: the micro-batching of concurrent requests (``MicroBatcher``)."""
+    """The API over ``model``, its classes ranked by ``searcher`` (default: exact, every class
+    scored). ``max_rows`` and ``max_wait_s``: the micro-batching of concurrent requests
+    (``MicroBatcher``); ``timeout_s``: a request's deadline; ``max_body_bytes``: the largest
+    request body."""
     described = model.description
+    searcher = searcher or ExactSearch(model.head)
 
     def predict(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        found = model.predict(rows, k, batch_size=max_rows)
-        return found.ids, found.scores
-
-    def search(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        scores, ids = model.head.predict_topk(rows, k)
-        return ids, scores
+        return searcher.search(model.embed(rows, batch_size=max_rows), k)
 
     predict_batcher = MicroBatcher(predict, max_rows, max_wait_s)
-    search_batcher = MicroBatcher(search, max_rows, max_wait_s)
+    search_batcher = MicroBatcher(searcher.search, max_rows, max_wait_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -70,6 +83,31 @@ def create_app(
         title="megaclass", summary="top-k classes of a trained megaclass model", lifespan=lifespan
     )
     app.state.batchers = {"predict": predict_batcher, "search": search_batcher}
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+            return JSONResponse(
+                {"detail": f"the body must be at most {max_body_bytes:,} bytes, got {length}"},
+                status_code=413,
+            )
+        return await call_next(request)
+
+    async def answer(batcher: MicroBatcher, rows: torch.Tensor, k: int, path: str):
+        try:
+            return _top_k(await asyncio.wait_for(batcher(rows, k), timeout_s))
+        except asyncio.TimeoutError:
+            raise HTTPException(
+                503, f"not answered within {timeout_s:g} s: the server is overloaded"
+            ) from None
+        except Exception as error:  # the server's fault: logged under an id the client gets
+            error_id = uuid.uuid4().hex[:12]
+            _log.error("error %s on %s", error_id, path, exc_info=error)
+            return JSONResponse(
+                {"detail": "internal error (the server log has it)", "error_id": error_id},
+                status_code=500,
+            )
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -84,7 +122,8 @@ def create_app(
             "input_dtype": described.input_dtype,
             "normalize": described.normalize,
             "scale": described.scale,
-            "index": {"kind": "exact", "max_batch_rows": max_rows, "max_wait_ms": 1e3 * max_wait_s},
+            "index": searcher.describe(),
+            "batching": {"max_batch_rows": max_rows, "max_wait_ms": 1e3 * max_wait_s},
             "model_version": model_version,
         }
 
@@ -92,12 +131,14 @@ def create_app(
     async def predict_endpoint(request: PredictRequest) -> TopK:
         dtype = torch.int64 if described.input_dtype == "int64" else torch.float32
         rows = _rows(request.inputs, described.input_dim, "inputs", dtype)
-        return _top_k(await predict_batcher(rows, _checked_k(request.k, described.num_classes)))
+        k = _checked_k(request.k, described.num_classes)
+        return await answer(predict_batcher, rows, k, "/v1/predict")
 
     @app.post("/v1/search", response_model=TopK)
     async def search_endpoint(request: SearchRequest) -> TopK:
         rows = _rows(request.embeddings, described.embedding_dim, "embeddings", torch.float32)
-        return _top_k(await search_batcher(rows, _checked_k(request.k, described.num_classes)))
+        k = _checked_k(request.k, described.num_classes)
+        return await answer(search_batcher, rows, k, "/v1/search")
 
     return app
 

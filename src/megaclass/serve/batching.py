@@ -22,9 +22,11 @@ class MicroBatcher:
 
     A batch starts with the first waiting request and takes the requests that arrive within
     ``max_wait_s`` of it, up to ``max_rows`` rows (a request is never split); requests asking
-    for different ``k`` run with the largest and are cut to their own. ``fn`` maps rows [N, ...]
-    and k to a tuple of tensors [N, k] (ids, scores) and runs on one worker thread, so that
-    the event loop keeps accepting requests meanwhile. ``batches`` counts the calls of ``fn``.
+    for different ``k`` run with the largest and are cut to their own; when ``fn`` fails on a
+    batch, each of its requests is run alone, so that only the one at fault fails. ``fn`` maps
+    rows [N, ...] and k to a tuple of tensors [N, k] (ids, scores) and runs on one worker
+    thread, so that the event loop keeps accepting requests meanwhile. ``batches`` counts the
+    successful calls of ``fn``.
     """
 
     def __init__(
@@ -71,25 +73,41 @@ class MicroBatcher:
             await self._run(batch)
 
     async def _run(self, batch: list[_Request]) -> None:
-        k = max(request.k for request in batch)
-        rows = torch.cat([request.rows for request in batch])
+        """fn over the batch; when it fails, over each request alone, so that one request
+        that makes fn fail does not fail the others."""
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(
-                self._worker, self.fn, rows, k
-            )
-        except Exception as error:  # every request of the batch hears of it
+            outputs = await self._call(batch)
+        except Exception as error:
+            if len(batch) == 1:
+                _settle(batch[0], error=error)
+                return
             for request in batch:
-                if not request.done.done():
-                    request.done.set_exception(error)
+                await self._run([request])
             return
-        self.batches += 1
         start = 0
         for request in batch:
             stop = start + len(request.rows)
-            request.done.set_result(tuple(out[start:stop, : request.k] for out in outputs))
+            _settle(request, tuple(out[start:stop, : request.k] for out in outputs))
             start = stop
+
+    async def _call(self, batch: list[_Request]) -> tuple[torch.Tensor, ...]:
+        k = max(request.k for request in batch)
+        rows = torch.cat([request.rows for request in batch])
+        outputs = await asyncio.get_running_loop().run_in_executor(self._worker, self.fn, rows, k)
+        self.batches += 1
+        return outputs
 
     def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
         self._worker.shutdown(wait=False)
+
+
+def _settle(request: _Request, result=None, error: Exception | None = None) -> None:
+    """Answer a request, unless it was cancelled (past its deadline)."""
+    if request.done.done():
+        return
+    if error is None:
+        request.done.set_result(result)
+    else:
+        request.done.set_exception(error)

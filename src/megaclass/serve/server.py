@@ -7,24 +7,51 @@ from pathlib import Path
 
 from megaclass.inference import load_export, read_description
 
+SEARCHES = ("auto", "exact", "binary_graph")
 
-def load_app(folder: str | Path, max_rows: int = 256, max_wait_s: float = 0.005):
-    """The FastAPI app over the export in ``folder`` (its model loaded first)."""
+
+def load_app(
+    folder: str | Path,
+    max_rows: int = 256,
+    max_wait_s: float = 0.005,
+    search: str = "auto",
+    ef: int = 64,
+    timeout_s: float = 10.0,
+):
+    """The FastAPI app over the export in ``folder`` (its model and index loaded first).
+
+    search: ``"binary_graph"`` (the export's graph index, beam ``ef``), ``"exact"`` (every class
+    scored) or ``"auto"``: the graph index when the export has one.
+    """
     try:
         from megaclass.serve.app import create_app
+        from megaclass.serve.search import ExactSearch, GraphSearch
     except ImportError as error:
         raise ValueError(
             f'megaclass serve needs {error.name}: pip install "megaclass[serve]"'
         ) from None
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
     folder = Path(folder)
     model = load_export(folder)
-    step = read_description(folder / "manifest.json").get("step")
-    return create_app(model, step, max_rows, max_wait_s)
+    manifest = read_description(folder / "manifest.json")
+    has_index = manifest.get("index", {}).get("kind") == "binary_graph"
+    if search == "binary_graph" and not has_index:
+        raise ValueError(
+            f"{folder} has no graph index: export it with megaclass export --index binary_graph"
+        )
+    if search == "exact" or not has_index:
+        searcher = ExactSearch(model.head)
+    else:
+        searcher = GraphSearch.from_export(folder, model.description.scale, ef)
+    return create_app(
+        model, manifest.get("step"), max_rows, max_wait_s, searcher=searcher, timeout_s=timeout_s
+    )
 
 
-def serve(folder: str | Path, host: str, port: int, max_rows: int, max_wait_s: float) -> None:
-    """Serve the export in ``folder`` until interrupted."""
-    app = load_app(folder, max_rows, max_wait_s)
+def serve(folder: str | Path, host: str, port: int, **settings) -> None:
+    """Serve the export in ``folder`` until interrupted (``settings``: those of ``load_app``)."""
+    app = load_app(folder, **settings)
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -15,17 +15,23 @@ import numpy as np
 import torch.distributed as dist
 
 from megaclass.inference import (
+    INDEX_KINDS,
     ModelDescription,
     TrainedModel,
     load_export,
     read_description,
     write_export,
+    write_graph_index,
 )
 from megaclass.train.checkpoint import latest_checkpoint, load_checkpoint, read_file
 
 
-def export_run(run_dir: str | Path, out: str | Path) -> Path:
-    """Write the newest checkpoint of ``run_dir`` as an export folder ``out``."""
+def export_run(run_dir: str | Path, out: str | Path, index: str = "auto") -> Path:
+    """Write the newest checkpoint of ``run_dir`` as an export folder ``out``, with the graph
+    index for serving when ``index`` is ``"binary_graph"``, or ``"auto"`` and the head scores
+    by cosine (``"none"``: without)."""
+    if index not in INDEX_KINDS:
+        raise ValueError(f"index must be one of {INDEX_KINDS}, got {index!r}")
     run_dir = Path(run_dir)
     description = _run_description(run_dir)
     folder = latest_checkpoint(run_dir)
@@ -38,7 +44,10 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
             weights[start:stop] = shard["weight"].float().numpy()
 
     backbone = read_file(folder / "common.pt", mmap=False)["backbone"]
-    return write_export(out, description, meta["step"], backbone, class_rows)
+    written = write_export(out, description, meta["step"], backbone, class_rows)
+    if index == "binary_graph" or (index == "auto" and description.normalize):
+        write_graph_index(written)
+    return written
 
 
 def load_run(path: str | Path, group: dist.ProcessGroup | None = None, device=None) -> TrainedModel:

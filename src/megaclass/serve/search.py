@@ -1,0 +1,73 @@
+"""What the server ranks classes with: a ``Searcher`` over the exported class rows.
+
+- ``ExactSearch``: every class scored (``ClassifierHead.predict_topk``), chunk by chunk;
+- ``GraphSearch``: the export's ``BinaryGraph`` (``megaclass.index``), a beam of ``ef`` codes
+  re-ranked by the exact cosine, for heads that score by cosine.
+Both answer with the head's scores: cosine x scale for a cosine head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from megaclass.heads import ClassifierHead
+from megaclass.index import BinaryGraph
+from megaclass.inference import INDEX_FILE
+
+
+class Searcher(Protocol):
+    def search(self, embeddings: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """embeddings [N, D] -> (class ids [N, k], scores [N, k]), best first."""
+        ...
+
+    def describe(self) -> dict:
+        """The search and its settings, for ``/v1/info``."""
+        ...
+
+
+class ExactSearch:
+    def __init__(self, head: ClassifierHead) -> None:
+        self.head = head
+
+    def search(self, embeddings: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, ids = self.head.predict_topk(embeddings, k)
+        return ids, scores
+
+    def describe(self) -> dict:
+        return {"kind": "exact"}
+
+
+class GraphSearch:
+    """The export's BinaryGraph; scores are the exact cosines x ``scale``. ``ef`` is raised to
+    ``k`` for requests asking for more."""
+
+    def __init__(self, index: BinaryGraph, scale: float, ef: int) -> None:
+        if ef < 1:
+            raise ValueError(f"ef must be >= 1, got {ef}")
+        self.index, self.scale, self.ef = index, scale, ef
+
+    @classmethod
+    def from_export(cls, folder: Path, scale: float, ef: int) -> GraphSearch:
+        """The index of an export folder, re-ranking with its memory-mapped class rows."""
+        weights = np.load(folder / "class_weights.npy", mmap_mode="c")  # copy-on-write: writable
+        index = BinaryGraph.load(folder / INDEX_FILE, vectors=torch.from_numpy(weights))
+        return cls(index, scale, ef)
+
+    def search(self, embeddings: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, ids = self.index.search(embeddings, k, ef=max(self.ef, k))
+        return ids, scores * self.scale
+
+    def describe(self) -> dict:
+        settings = self.index.settings
+        return {
+            "kind": "binary_graph",
+            "ef": self.ef,
+            "engine": self.index.backend,
+            "num_bits": settings.num_bits,
+            "degree": settings.degree,
+            "bytes_per_class": self.index.bytes_per_vector,
+        }
