@@ -69,7 +69,7 @@ _BENCH_SHORTCUTS = (
     ("--budget", ("head.knn.budget", "head.random.rate"), float, None),  # random: if <= 1
     ("--knn-k", ("head.knn.k",), int, None),
     ("--refresh-every", ("head.knn.refresh_every", "head.ann.refresh_every"), int, None),
-    ("--graph-build", ("head.knn.build",), str, ("auto", "exact", "ivf")),
+    ("--graph-build", ("head.knn.build",), str, ("auto", "exact", "ivf", "binary_graph")),
     ("--nprobe", ("head.knn.nprobe",), int, None),
     ("--ann-k", ("head.ann.k",), int, None),
     ("--group-size", ("head.ann.group_size",), int, None),
@@ -253,7 +253,7 @@ def _parser() -> argparse.ArgumentParser:
     heads.set_defaults(run=_bench_heads)
     graph = bench.add_parser(
         "graph",
-        help="build time and recall@k of the class KNN graph builds (exact, IVF)",
+        help="build time and recall@k of the class KNN graph builds (exact, IVF, binary graph)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     graph.add_argument(

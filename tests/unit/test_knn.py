@@ -52,6 +52,22 @@ def test_ivf_graph_finds_nearly_all_neighbours_of_clustered_classes():
     assert recall >= 0.95
 
 
+def test_binary_graph_build_finds_most_neighbours_of_clustered_classes():
+    g = torch.Generator().manual_seed(4)
+    centres = torch.randn(64, DIM, generator=g).repeat_interleave(20, dim=0)
+    weight = centres + 0.3 * torch.randn(len(centres), DIM, generator=g)
+    knn = samplers.KNN(k=5, build="binary_graph")
+    head = megaclass.ClassifierHead(len(weight), DIM, sampler=knn)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    head.refresh_sampler()
+    graph = knn.graph
+    assert graph.shape == (len(weight), 5) and graph.dtype == torch.int32
+    exact = brute_force_graph(weight, 5)
+    recall = (graph.long()[:, :, None] == exact[:, None, :]).any(2).float().mean()
+    assert recall >= 0.5  # nearest by Hamming distance of 128-bit codes (dim 16), not by cosine
+
+
 def test_spherical_kmeans_gives_unit_centroids_closer_to_the_points_than_its_start():
     g = torch.Generator().manual_seed(5)
     points = F.normalize(torch.randn(8, DIM, generator=g).repeat_interleave(50, dim=0), dim=1)

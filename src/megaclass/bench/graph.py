@@ -21,6 +21,7 @@ from megaclass.bench.machine import machine_info
 from megaclass.data import SyntheticCatalog
 from megaclass.functional import shard_topk
 from megaclass.index import build_ivf_knn_graph, build_knn_graph
+from megaclass.index.binary_graph import build_binary_graph_knn
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _POINTS_BLOCK = 1 << 20  # classes generated at a time
@@ -78,6 +79,13 @@ def run_graph_bench(config: GraphBenchConfig, log: Callable[[str], None] = print
         builds.append(("exact", None, lambda: _exact_build(weight, config, dtype)))
     for nprobe in config.nprobes:
         builds.append(("ivf", nprobe, lambda p=nprobe: _ivf_build(weight, config, p, dtype)))
+    builds.append(
+        (
+            "binary_graph",
+            None,
+            lambda: build_binary_graph_knn(weight, config.num_classes, config.k, None),
+        )
+    )
     machine = machine_info("cpu")
     records = []
     for build, nprobe, run in builds:

@@ -716,3 +716,21 @@ def _unique_nearest(keys, keep, total, bits):
         ids = F.pad(ids, (0, pad), value=-1)
         distances = F.pad(distances, (0, pad), value=bits + 1)
     return ids, distances
+
+
+@torch.no_grad()
+def build_binary_graph_knn(
+    weight: torch.Tensor, num_classes: int, k: int, group: dist.ProcessGroup | None, seed: int = 0
+) -> torch.Tensor:
+    """The class KNN graph of this rank's classes from a ``BinaryGraph`` over all ranks' rows:
+    weight [C_local, D] -> global ids [C_local, k] int32, nearest first by Hamming distance
+    between the classes' codes (the graph's pruned near links, ``degree = k + random_edges``);
+    -1 where a list is short. Collective on ``group`` (``BinaryGraph.build``)."""
+    settings = GraphSettings(degree=k + 4, candidates=2 * (k + 4), seed=seed)
+    index = BinaryGraph(settings, backend="torch").build(weight.detach(), group)
+    if len(index) != num_classes:
+        raise ValueError(f"the shards hold {len(index)} classes, expected {num_classes}")
+    rank, _ = rank_and_size(group)
+    sizes = [row[0] for row in all_gather_ints([len(weight)], group)]
+    start = sum(sizes[:rank])
+    return index.graph[start : start + len(weight), :k].contiguous()

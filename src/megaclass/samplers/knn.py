@@ -10,6 +10,7 @@ import torch
 
 from megaclass.distributed import all_gather_ints, gather_rows
 from megaclass.index import build_ivf_knn_graph, build_knn_graph
+from megaclass.index.binary_graph import build_binary_graph_knn
 from megaclass.samplers.base import Sampler, Shard
 from megaclass.samplers.frequent import FrequentClasses
 from megaclass.samplers.stratified import CountStrata, select_with_count_fill
@@ -17,6 +18,9 @@ from megaclass.samplers.uniform import Selection, first_occurrences, select_with
 from megaclass.samplers.walk import walk_graph
 
 _WALK_ENTRY_POOL = 4096  # most frequent classes a graph walk may start from (all scored)
+
+
+BUILDS = ("auto", "exact", "ivf", "binary_graph")
 
 
 @dataclass
@@ -38,7 +42,9 @@ class KNN(Sampler):
     refresh_every: training steps between rebuilds of the graph (it is built before the first).
     build: how the graph is built: ``"exact"`` (blocked matrix products, C^2 D work),
         ``"ivf"`` (approximate, from an inverted-file partition, about C * nprobe * sqrt(C) * D
-        work) or ``"auto"``: exact up to ``EXACT_UP_TO`` classes, IVF beyond.
+        work), ``"binary_graph"`` (approximate: the near links of a ``BinaryGraph`` over the
+        classes' binary codes, nearest by Hamming distance; ``megaclass bench graph`` measures
+        each build's recall) or ``"auto"``: exact up to ``EXACT_UP_TO`` classes, IVF beyond.
     nprobe: IVF lists searched per list (more: better recall, proportionally slower).
     random_share: share of the budget kept for uniformly drawn classes even when the neighbours
         would fill it, so that every class keeps being pushed away from the batch now and then.
@@ -73,7 +79,7 @@ class KNN(Sampler):
     k: int = 32  # neighbours per class in the class graph
     budget: float = 0.05  # classes scored besides the labels: a fraction (<= 1) or a count
     refresh_every: int = 150  # steps between graph rebuilds
-    build: str = "auto"  # "exact", "ivf" or "auto" (exact up to 2^17 classes)
+    build: str = "auto"  # "exact", "ivf", "binary_graph" or "auto" (exact up to 2^17 classes)
     nprobe: int = 4  # ivf graph: lists each class searches
     random_share: float = 0.25  # share of the budget always drawn uniformly
     logit_correction: bool = True  # drawn classes' logits + log(1 / draw rate)
@@ -90,8 +96,8 @@ class KNN(Sampler):
             )
         if self.refresh_every < 1:
             raise ValueError(f"KNN refresh_every must be >= 1, got {self.refresh_every}")
-        if self.build not in ("auto", "exact", "ivf"):
-            raise ValueError(f"KNN build must be 'auto', 'exact' or 'ivf', got {self.build!r}")
+        if self.build not in BUILDS:
+            raise ValueError(f"KNN build must be one of {BUILDS}, got {self.build!r}")
         if self.nprobe < 1:
             raise ValueError(f"KNN nprobe must be >= 1, got {self.nprobe}")
         if not 0 <= self.random_share <= 1:
@@ -203,7 +209,8 @@ class KNN(Sampler):
         steps = self.steps_since_graph + len(self.trained_positives)
         if self.graph is not None and steps < self.refresh_every:
             return None
-        how = "IVF" if self.uses_ivf(self.shard.num_classes) else "exact"
+        how = self.build if self.build == "binary_graph" else "exact"
+        how = "IVF" if self.uses_ivf(self.shard.num_classes) else how
         return f"class graph ({how}, {self.shard.num_classes:,} classes)"
 
     def _build(self, weight: torch.Tensor) -> torch.Tensor:
@@ -211,6 +218,10 @@ class KNN(Sampler):
         ``megaclass.index`` when it takes long)."""
         shard = self.shard
         settings = {"chunk_size": shard.chunk_size or 8192, "matmul_dtype": shard.matmul_dtype}
+        if self.build == "binary_graph":
+            return build_binary_graph_knn(
+                weight, shard.num_classes, self.k, shard.process_group, seed=shard.seed
+            )
         if self.uses_ivf(shard.num_classes):
             build = functools.partial(
                 build_ivf_knn_graph, nprobe=self.nprobe, seed=shard.seed, **settings
