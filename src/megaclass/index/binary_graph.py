@@ -13,12 +13,15 @@ Construction, as published for the distributed graph:
    nearest partitions (overlap > 1 keeps the merged graph connected across partition borders);
 3. **a graph per partition**: the exact Hamming k-NN of its members (one dense block of +-1
    matrix products per partition: the dot product of two sign vectors is ``bits - 2 h``);
-4. **merge**: each vector's lists from its partitions are united, and cut to ``degree`` by the
-   relative-neighbourhood rule of HNSW and NSG (a candidate closer to a kept neighbour than to the
-   vector is dropped), which keeps long-range edges; lists are then made mutual (reverse edges)
-   and cut again;
+4. **merge**: each vector's lists from its partitions are united and their nearest
+   ``degree - random_edges`` kept; every such edge is offered back to its target (reverse
+   edges), and each list is cut to ``degree - random_edges`` by the relative-neighbourhood rule
+   of HNSW and NSG with Vamana's slack ``alpha`` (a candidate ``alpha`` times nearer to a kept
+   neighbour than to the vector is dropped), which keeps long-range edges;
 5. **refinement by neighbourhood propagation**: each vector's neighbours' neighbours are offered
-   as candidates and the list is cut again, ``refine_rounds`` times.
+   as candidates and the list is cut again, ``refine_rounds`` times;
+6. **long links**: ``random_edges`` links per vector to uniformly drawn vectors, never pruned,
+   so that the graph stays connected between well-separated clusters.
 
 Distributed: each rank holds a shard of the vectors (any sizes) and builds the partitions it
 owns (partition ``p`` on rank ``p % world``); members and their codes go to the owner by
@@ -210,7 +213,8 @@ class BinaryGraph:
         stop = start + len(vectors)
         src, dst, distances = edges
         ids, dists = _nearest_per_node(src - start, dst, distances, len(vectors), settings, total)
-        graph, dists = self._prune(ids, dists)
+        near = self.near_degree  # the nearest partition neighbours stand for the first graph
+        graph, dists = ids[:, :near], dists[:, :near]
         for round_ in range(settings.refine_rounds + 1):
             whole = gather_rows(graph, sizes, group), gather_rows(dists, sizes, group)
             if round_ == 0:  # make the lists mutual: every edge offered back
@@ -306,12 +310,13 @@ class BinaryGraph:
             signs = unpack_signs(self.codes[candidates.clamp_min(0).flatten()])
             signs = signs.view(*candidates.shape, bits)  # [b, M, bits]
             between = (bits - torch.bmm(signs, signs.transpose(1, 2))) / 2  # [b, M, M]
-            # closer[:, j, i]: candidate j is alpha times nearer to candidate i than the node is
-            closer = self.settings.alpha * between < to_node[:, None, :]
+            # closer[:, i, j]: candidate j is alpha times nearer to candidate i than the node is
+            closer = (self.settings.alpha * between < to_node[:, None, :]).transpose(1, 2)
+            closer = closer.contiguous()
             kept = torch.zeros_like(valid)
             count = torch.zeros(len(candidates), dtype=torch.int64)
             for i in range(candidates.shape[1]):
-                occluded = (kept & closer[:, :, i]).any(1)
+                occluded = (kept & closer[:, i]).any(1)
                 take = valid[:, i] & ~occluded & (count < degree)
                 kept[:, i] = take
                 count += take
