@@ -31,8 +31,8 @@ from megaclass.index.binary_graph import BinaryGraph
 
 K = 10
 TARGETS = (0.90, 0.95, 0.99)
-EFS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-NPROBES = (1, 2, 4, 8, 16, 32, 64, 128)
+EFS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+NPROBES = (1, 4, 16, 64, 256, 1024)
 ENGINES = (
     "binary_graph",
     "binary_graph_torch",

@@ -125,16 +125,17 @@ def _parser() -> argparse.ArgumentParser:
         "export",
         help="write a run's model as an export folder",
         description="Write a run's newest checkpoint as an export folder: manifest.json, "
-        "backbone.safetensors, class_weights.npy, class_ids.npy and, for a cosine head, the "
-        "graph index megaclass serve searches (docs/training.md, docs/serving.md).",
+        "backbone.safetensors, class_weights.npy, class_ids.npy and, with --index, the graph "
+        "index megaclass serve searches (docs/training.md, docs/serving.md).",
     )
     export.add_argument("run_dir", help="the run folder")
     export.add_argument("out", help="the export folder to write")
     export.add_argument(
         "--index",
         choices=("auto", "binary_graph", "none"),
-        default="auto",
-        help="the search index to build: auto = binary_graph for a cosine head, none otherwise",
+        default="none",
+        help="the search index to build for megaclass serve: binary_graph, auto (binary_graph "
+        "for a cosine head), or none (default: exact search; benchmarks/results/index.md)",
     )
     export.set_defaults(run=_export)
     predict = commands.add_parser(

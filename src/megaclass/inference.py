@@ -8,8 +8,8 @@ An export folder holds:
 - ``backbone.safetensors``: the backbone's weights;
 - ``class_weights.npy``: float32 [num_classes, dim], row i = class i; ``class_ids.npy``: int64
   [num_classes], 0..num_classes-1;
-- for a cosine head, ``index.safetensors``: the ``BinaryGraph`` over the class rows that
-  ``megaclass serve`` searches (named by the manifest's ``index`` entry).
+- with ``megaclass export --index binary_graph`` (a cosine head), ``index.safetensors``: the
+  ``BinaryGraph`` over the class rows that ``megaclass serve`` searches (the manifest names it).
 Nothing is unpickled: JSON, safetensors and plain ``.npy`` arrays only.
 """
 

@@ -31,7 +31,7 @@ def export(tmp_path_factory):
     overrides.append("train.steps=6")
     run, out = folder / "run", folder / "export"
     assert megaclass("train", "--run-dir", str(run), *set_args(overrides)).returncode == 0
-    assert megaclass("export", str(run), str(out)).returncode == 0
+    assert megaclass("export", str(run), str(out), "--index", "binary_graph").returncode == 0
     return np.load(data / "eval_x.npy"), out
 
 

@@ -26,10 +26,10 @@ from megaclass.inference import (
 from megaclass.train.checkpoint import latest_checkpoint, load_checkpoint, read_file
 
 
-def export_run(run_dir: str | Path, out: str | Path, index: str = "auto") -> Path:
+def export_run(run_dir: str | Path, out: str | Path, index: str = "none") -> Path:
     """Write the newest checkpoint of ``run_dir`` as an export folder ``out``, with the graph
     index for serving when ``index`` is ``"binary_graph"``, or ``"auto"`` and the head scores
-    by cosine (``"none"``: without)."""
+    by cosine (``"none"``, the default: without; ``benchmarks/results/index.md`` says why)."""
     if index not in INDEX_KINDS:
         raise ValueError(f"index must be one of {INDEX_KINDS}, got {index!r}")
     run_dir = Path(run_dir)
