@@ -222,7 +222,6 @@ class BinaryGraph:
             else:
                 candidates = self._propagated(start, graph, whole[0])
             graph, dists = self._prune(*candidates)
-            _log.debug("binary graph: round %d of %d done", round_, settings.refine_rounds)
         graph = _with_far_links(graph, self._random_edges(start, len(graph)))
         self.graph = gather_rows(graph, sizes, group).to(torch.int32)
         self.medoids = self._medoids()
