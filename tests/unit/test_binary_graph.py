@@ -83,8 +83,8 @@ def test_search_finds_the_exact_neighbours_and_all_of_them_with_a_wide_beam(buil
     assert recall(ids, truth) >= 0.95
     want = F.normalize(queries, dim=1) @ F.normalize(vectors, dim=1).t()
     assert torch.allclose(scores, want.gather(1, ids), atol=1e-5)  # exact cosines, re-ranked
-    scores, _ = index.search(queries, 10, ef=len(vectors))  # the beam holds every vector
-    assert torch.allclose(scores, want.topk(10, 1).values, atol=1e-5)  # exact (ties aside)
+    scores, _ = index.search(queries[:20], 10, ef=len(vectors))  # the beam holds every vector
+    assert torch.allclose(scores, want[:20].topk(10, 1).values, atol=1e-5)  # exact, ties aside
 
 
 def test_without_float_vectors_search_ranks_by_hamming_distance(built):
