@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from megaclass.bench.machine import machine_info
+from megaclass.index.binary_codes import encode, exact_rerank, fit_rotation
 from megaclass.index.binary_graph import BinaryGraph
 
 K = 10
@@ -219,16 +220,13 @@ def run_faiss_hnsw(vectors, queries, truth, threads, m=16, ef_construction=100):
 
 def run_faiss_binary_hnsw(vectors, queries, truth, threads, m=16, bits=128):
     """faiss's own binary HNSW over the same kind of sign codes, re-ranked exactly as
-    BinaryGraph re-ranks (its codes from BinaryGraph's rotation)."""
+    BinaryGraph re-ranks (the same random rotation as BinaryGraph's default)."""
     faiss = _faiss_threads(threads)
-    codes_of = BinaryGraph(num_bits=bits)
     sample = torch.from_numpy(vectors[:65536])
-    from megaclass.index.binary_codes import exact_rerank, fit_rotation
-
-    codes_of.rotation = fit_rotation(sample, bits, "random", torch.Generator().manual_seed(0))
+    rotation = fit_rotation(sample, bits, "random", torch.Generator().manual_seed(0))
 
     def to_bytes(rows):
-        return codes_of._encode(torch.from_numpy(rows)).numpy().view(np.uint8)
+        return encode(torch.from_numpy(rows), rotation).numpy().view(np.uint8)
 
     def build():
         index = faiss.IndexBinaryHNSW(bits, m)
