@@ -37,6 +37,7 @@ NPROBES = (1, 4, 16, 64, 256, 1024)
 ENGINES = (
     "binary_graph",
     "binary_graph_torch",
+    "binary_graph_hamming_build",
     "hnswlib",
     "faiss_hnsw",
     "faiss_binary_hnsw",
@@ -69,17 +70,17 @@ def main() -> None:
             record = {"skipped": f"{error.name} not installed"}
         record = {"engine": engine, **record}
         records.append(record)
-        print(json.dumps(record))
-    result = {
-        "machine": machine_info("cpu"),
-        "vectors": len(vectors),
-        "dim": int(vectors.shape[1]),
-        "queries": len(queries),
-        "source": f"synthetic {args.synthetic}" if args.synthetic else str(args.run),
-        "threads": args.threads,
-        "engines": records,
-    }
-    args.out.write_text(json.dumps(result, indent=1))
+        print(json.dumps(record), flush=True)
+        result = {
+            "machine": machine_info("cpu"),
+            "vectors": len(vectors),
+            "dim": int(vectors.shape[1]),
+            "queries": len(queries),
+            "source": f"synthetic {args.synthetic}" if args.synthetic else str(args.run),
+            "threads": args.threads,
+            "engines": records,
+        }
+        args.out.write_text(json.dumps(result, indent=1))  # after each engine: a long run's part
     write_table(result, args.out.with_suffix(".md"))
     write_plot(result, args.out.with_suffix(".png"))
 
@@ -144,9 +145,9 @@ def timed(build):
     return index, time.perf_counter() - start
 
 
-def run_binary_graph(vectors, queries, truth, threads, backend="faiss"):
+def run_binary_graph(vectors, queries, truth, threads, backend="faiss", **settings):
     tensor = torch.from_numpy(vectors)
-    index, seconds = timed(lambda: BinaryGraph(backend=backend).build(tensor))
+    index, seconds = timed(lambda: BinaryGraph(backend=backend, **settings).build(tensor))
     points = sweep(
         lambda q, ef: index.search(torch.from_numpy(q), K, ef=max(ef, K))[1].numpy(),
         EFS,
@@ -303,6 +304,7 @@ def run_pynndescent(vectors, queries, truth, threads):
 RUNNERS = {
     "binary_graph": run_binary_graph,
     "binary_graph_torch": lambda *a: run_binary_graph(*a, backend="torch"),
+    "binary_graph_hamming_build": lambda *a: run_binary_graph(*a, build_distance="hamming"),
     "hnswlib": run_hnswlib,
     "faiss_hnsw": run_faiss_hnsw,
     "faiss_binary_hnsw": run_faiss_binary_hnsw,

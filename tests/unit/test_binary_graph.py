@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megaclass.index.binary_codes import popcount
-from megaclass.index.binary_graph import BinaryGraph, GraphSettings, partition_knn
-from megaclass.index.faiss_hamming import faiss_available
+from megaclass.index.binary_codes import asymmetric_cosine, popcount, project, unpack_signs
+from megaclass.index.binary_graph import BinaryGraph, BuildDistance, GraphSettings, partition_knn
+from megaclass.index.faiss_engines import faiss_available
 
 SMALL = GraphSettings(num_bits=64, degree=16, candidates=32, partition_size=600, overlap=2)
 ENGINES = [
@@ -63,14 +63,28 @@ def test_the_graph_has_bounded_degree_no_self_edges_and_reaches_every_vector(bui
     assert index.bytes_per_vector == 64 / 8 + 4 * 16
 
 
-def test_each_partition_graph_is_the_exact_hamming_knn():
+def test_each_partition_graph_is_the_exact_knn_by_hamming_or_cosine():
     codes = torch.randint(-(2**62), 2**62, (300, 1))
-    neighbours, distances = partition_knn(codes, 5)
+    hamming = BuildDistance("hamming", codes, 64)
+    neighbours, distances = partition_knn(hamming.unpacked(codes), 5, hamming)
     true = popcount(codes[:, None, 0] ^ codes[None, :, 0])  # [m, m]
     true.fill_diagonal_(1000)
     want = true.sort(1).values[:, :5]
     assert torch.equal(distances, want)
     assert torch.equal(true.gather(1, neighbours), want)
+
+    vectors = torch.randn(300, 7)  # an odd width: packed with a pad column
+    cosine = BuildDistance("cosine", vectors, 64)
+    records = cosine.packed(F.normalize(vectors, dim=1))
+    assert records.dtype == torch.int64 and records.shape == (300, 4)
+    neighbours, distances = partition_knn(cosine.unpacked(records), 5, cosine)
+    unit = F.normalize(vectors, dim=1)
+    true = 1 - unit @ unit.t()
+    true.fill_diagonal_(9)
+    assert torch.equal(neighbours, true.topk(5, 1, largest=False).indices)
+    assert torch.allclose(distances / 2**14, true.gather(1, neighbours), atol=1e-4)
+    between = cosine.between(neighbours, torch.arange(300))  # another product: +-1 step
+    assert (between - distances).abs().max() <= 1
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -87,17 +101,21 @@ def test_search_finds_the_exact_neighbours_and_all_of_them_with_a_wide_beam(buil
     assert torch.allclose(scores, want[:20].topk(10, 1).values, atol=1e-5)  # exact, ties aside
 
 
-def test_without_float_vectors_search_ranks_by_hamming_distance(built):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_without_float_vectors_search_ranks_by_the_asymmetric_score(built, engine):
+    """The float query against each code's sign bits: the beam's best codes are the best of
+    all codes by that score, and the scores estimate the cosine from it."""
     index, _ = built
-    bare = BinaryGraph(SMALL, backend="torch")
+    bare = BinaryGraph(SMALL, backend=engine)
     bare.load_state_dict(index.state_dict())
     queries = clustered(50, seed=2)
     scores, ids = bare.search(queries, 5, ef=32)
-    query_codes = bare._encode(queries)
-    distances = popcount(bare.codes[ids] ^ query_codes[:, None]).sum(2)  # [50, 5]
-    assert torch.allclose(scores, torch.cos(distances * torch.pi / SMALL.num_bits))
-    nearest = popcount(bare.codes[None] ^ query_codes[:, None]).sum(2).sort(1).values[:, :5]
-    assert (distances == nearest).all(1).float().mean() >= 0.9
+    projected = project(queries, bare.rotation)  # [50, bits]
+    every = projected @ unpack_signs(bare.codes).t()  # [50, N]: each code's asymmetric score
+    found = every.gather(1, ids)
+    assert torch.allclose(scores, asymmetric_cosine(found, projected), atol=1e-3)
+    best = every.topk(5, 1).values
+    assert (found - best).abs().max(1).values.lt(1e-3).float().mean() >= 0.9
 
 
 def test_added_vectors_are_found():

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import megaclass.logs
 from megaclass.index import BinaryIVF, binary_ivf
 from megaclass.index.binary_codes import pack_bits, popcount
-from megaclass.index.faiss_hamming import faiss_available
+from megaclass.index.faiss_engines import faiss_available
 
 ROWS, DIM = 1003, 64
 

@@ -65,7 +65,7 @@ def test_binary_graph_build_finds_most_neighbours_of_clustered_classes():
     assert graph.shape == (len(weight), 5) and graph.dtype == torch.int32
     exact = brute_force_graph(weight, 5)
     recall = (graph.long()[:, :, None] == exact[:, None, :]).any(2).float().mean()
-    assert recall >= 0.5  # nearest by Hamming distance of 128-bit codes (dim 16), not by cosine
+    assert recall >= 0.8  # the pruned near links: not all of the nearest (0.53 by Hamming)
 
 
 def test_spherical_kmeans_gives_unit_centroids_closer_to_the_points_than_its_start():

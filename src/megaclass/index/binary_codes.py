@@ -3,9 +3,10 @@
 A vector's code is the signs of a rotation of its normalised self, ``num_bits`` bits packed into
 int64 words (``num_bits / 8`` bytes: 16 at 128 bits, against 512 for fp32 at dim 128). The
 Hamming distance ``h`` between two codes estimates the angle between their vectors
-(``pi h / num_bits``, sign random projections). The rotation is random orthogonal (Gaussian when
-there are more bits than dimensions) or learned to reduce the quantization error (iterative
-quantization, ITQ: Gong and Lazebnik, 2011).
+(``pi h / num_bits``, sign random projections); a float query is better compared with the sign
+bits directly (the asymmetric score, ``project`` and ``score_tables``). The rotation is random
+orthogonal (Gaussian when there are more bits than dimensions) or learned to reduce the
+quantization error (iterative quantization, ITQ: Gong and Lazebnik, 2011).
 """
 
 from __future__ import annotations
@@ -79,15 +80,53 @@ def unpack_signs(codes: torch.Tensor) -> torch.Tensor:
     """codes [n, W] int64 -> [n, 64 W] fp32 of +1 (bit set) and -1: the dot product of two rows
     is ``64 W - 2 h`` for Hamming distance h, exactly (integers below 2^24). A table lookup per
     byte (little-endian: bit j of word w is bit 64 w + j)."""
-    table = _SIGNS_OF_BYTE.get(codes.device)
+    code_bytes = codes.contiguous().view(torch.uint8).flatten().long()  # [n 8 W]
+    return sign_table(codes.device).index_select(0, code_bytes).view(len(codes), -1)
+
+
+def sign_table(device: torch.device | str = "cpu") -> torch.Tensor:
+    """[256, 8] fp32: row v holds the signs (+1 set, -1 clear) of byte v's bits 0..7."""
+    device = torch.device(device)
+    table = _SIGNS_OF_BYTE.get(device)
     if table is None:
         bits = (torch.arange(256)[:, None] >> torch.arange(8)) & 1  # [256, 8]
-        table = _SIGNS_OF_BYTE[codes.device] = (bits * 2 - 1).float().to(codes.device)
-    code_bytes = codes.contiguous().view(torch.uint8).flatten().long()  # [n 8 W]
-    return table.index_select(0, code_bytes).view(len(codes), -1)
+        table = _SIGNS_OF_BYTE[device] = (bits * 2 - 1).float().to(device)
+    return table
 
 
 _SIGNS_OF_BYTE: dict[torch.device, torch.Tensor] = {}
+
+
+def project(queries: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """The float side of the asymmetric distance: queries [q, D] -> normalised and rotated
+    [q, b] fp32. A code's asymmetric score ``project(q) . signs(code)`` ranks vectors far better
+    than the Hamming distance between the query's own code and theirs (the query keeps its
+    magnitudes: ``benchmarks/results/index.md``)."""
+    return F.normalize(queries.float(), dim=1) @ rotation
+
+
+def score_tables(projected: torch.Tensor) -> torch.Tensor:
+    """projected [q, b] -> [q, b / 8, 256]: entry (i, v) is the score of byte i of a code equal
+    to v, so that a code's asymmetric score is the sum of one entry per byte."""
+    q, bits = projected.shape
+    return projected.view(q, bits // 8, 8) @ sign_table(projected.device).t()
+
+
+def asymmetric_scores(tables: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Asymmetric scores of codes [q, c, W] int64 against the queries of ``score_tables``
+    [q, B, 256]: -> [q, c] fp32 (one table entry per code byte, summed)."""
+    q, c = codes.shape[:2]
+    code_bytes = codes.contiguous().view(torch.uint8).view(q, c, -1).long()  # [q, c, B]
+    entries = code_bytes + torch.arange(code_bytes.shape[2], device=codes.device) * 256
+    return tables.flatten(1).gather(1, entries.view(q, -1)).view(q, c, -1).sum(2)
+
+
+def asymmetric_cosine(scores: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+    """The cosine estimated from asymmetric scores [q, c] of projected queries [q, b]: for
+    Gaussian-like coordinates ``E[p . sign(x R)] = sqrt(2 / pi) |p| sqrt(b) cos``."""
+    bits = projected.shape[1]
+    scale = math.sqrt(math.pi / 2) / (projected.norm(dim=1, keepdim=True) * math.sqrt(bits))
+    return (scores * scale).clamp(-1, 1)
 
 
 def hamming(codes: torch.Tensor, query_codes: torch.Tensor) -> torch.Tensor:

@@ -54,26 +54,33 @@ import torch.nn.functional as F
 
 from megaclass.distributed import all_gather_ints, exchange_rows, gather_rows, rank_and_size
 from megaclass.index.binary_codes import (
-    angle_scores,
+    asymmetric_cosine,
+    asymmetric_scores,
     check_code_settings,
     encode,
     exact_rerank,
     fit_rotation,
     hamming,
     pack_bits,
+    project,
+    score_tables,
     unpack_signs,
 )
-from megaclass.index.faiss_hamming import FaissHammingGraph, faiss_available
+from megaclass.index.faiss_engines import FaissSignGraph, faiss_available
 from megaclass.logs import ProgressLog
 
 _log = logging.getLogger("megaclass.index")
 _SAMPLE = 65_536  # vectors sampled to fit the rotation and the partitions
 _KMEANS_ITERATIONS = 10
-_ROW_BLOCK = 2048  # vectors handled at once by the partition k-NN, pruning and refinement
+_ROW_BLOCK = 2048  # vectors handled at once by the partition k-NN and the pruning
+_GATHERED_CODES = 1 << 19  # candidate codes gathered at once by the refinement
 _CODE_BLOCK = 1 << 16  # vectors encoded or compared with the centroids at once
 _SEARCH_BLOCK = 256  # queries searched at once (a visited bitmap of N / 8 bytes each)
 _EMPTY = torch.iinfo(torch.int64).max  # the key of an empty beam slot
+_COSINE_LEVELS = 1 << 14  # a cosine distance (1 - cos, 0..2) as an integer: in these steps
+_SCORE_LEVELS = 1 << 12  # an asymmetric score as an integer beam key: in these steps
 BACKENDS = ("auto", "torch", "faiss")
+BUILD_DISTANCES = ("cosine", "hamming")
 STATE_FILE = "binary_graph.safetensors"
 
 
@@ -96,6 +103,11 @@ class GraphSettings:
         ``alpha`` times nearer to it than the vector is; > 1 keeps more long edges.
     refine_rounds: rounds of neighbourhood propagation after the merge.
     entry_points: a search starts from the medoids of the query's nearest partitions, this many.
+    build_distance: what the construction ranks neighbours by: ``"cosine"`` between the float
+        vectors (each rank then holds all vectors' unit rows, 4 D bytes each, while it builds) or
+        ``"hamming"`` between the codes (num_bits / 8 bytes each: for more vectors than fit). The
+        search ranks by the codes either way; a graph built on cosines finds far more of the true
+        neighbours at the same beam (``benchmarks/results/index.md``).
     seed: the sample, rotation and k-means initialisation.
     """
 
@@ -107,8 +119,9 @@ class GraphSettings:
     overlap: int = 2
     random_edges: int = 4
     alpha: float = 1.2
-    refine_rounds: int = 1
+    refine_rounds: int = 0
     entry_points: int = 4
+    build_distance: str = "cosine"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -129,6 +142,10 @@ class GraphSettings:
             )
         if self.entry_points < 1:
             raise ValueError(f"entry_points must be >= 1, got {self.entry_points}")
+        if self.build_distance not in BUILD_DISTANCES:
+            raise ValueError(
+                f"build_distance must be one of {BUILD_DISTANCES}, got {self.build_distance!r}"
+            )
 
 
 class BinaryGraph:
@@ -157,7 +174,7 @@ class BinaryGraph:
         self.medoids: torch.Tensor | None = None  # [P] int64, each partition's nearest vector
         self.codes: torch.Tensor | None = None  # [N, W] int64
         self.graph: torch.Tensor | None = None  # [N, degree] int32, -1 padded
-        self._faiss: FaissHammingGraph | None = None  # the faiss mirror, made on first search
+        self._faiss: FaissSignGraph | None = None  # the faiss mirror, made on first search
 
     @property
     def backend(self) -> str:
@@ -208,20 +225,26 @@ class BinaryGraph:
         )
         self.centroids = binary_kmeans(self._encode(sample), num_parts, generator)
         mine = self._encode(vectors)  # [n, W]
-        edges = self._partition_edges(mine, start, sizes, group)  # (src, dst, distance)
         self.codes = gather_rows(mine, sizes, group)  # [N, W]
-        stop = start + len(vectors)
-        src, dst, distances = edges
-        ids, dists = _nearest_per_node(src - start, dst, distances, len(vectors), settings, total)
+        if settings.build_distance == "hamming":
+            space, local = BuildDistance("hamming", self.codes, settings.num_bits), mine
+        else:
+            local = F.normalize(vectors.float(), dim=1)  # [n, D]
+            everyone = gather_rows(local, sizes, group)  # [N, D]
+            space = BuildDistance("cosine", everyone, settings.num_bits, unit=True)
+        packed = space.packed(local)
+        src, dst, distances = self._partition_edges(mine, packed, start, sizes, group, space)
+        stop, keep = start + len(vectors), settings.candidates
+        ids, dists = _nearest_per_node(src - start, dst, distances, len(vectors), keep, space.far)
         near = self.near_degree  # the nearest partition neighbours stand for the first graph
         graph, dists = ids[:, :near], dists[:, :near]
         for round_ in range(settings.refine_rounds + 1):
             whole = gather_rows(graph, sizes, group), gather_rows(dists, sizes, group)
             if round_ == 0:  # make the lists mutual: every edge offered back
-                candidates = _with_reverse_edges(graph, dists, *whole, start, stop, settings)
+                candidates = _with_reverse_edges(graph, dists, *whole, start, stop, keep, space.far)
             else:
-                candidates = self._propagated(start, graph, whole[0])
-            graph, dists = self._prune(*candidates)
+                candidates = self._propagated(start, graph, whole[0], space)
+            graph, dists = self._prune(*candidates, space)
         graph = _with_far_links(graph, self._random_edges(start, len(graph)))
         self.graph = gather_rows(graph, sizes, group).to(torch.int32)
         self.medoids = self._medoids()
@@ -237,15 +260,16 @@ class BinaryGraph:
             ]
         )
 
-    def _partition_edges(self, mine, start, sizes, group):
-        """The exact Hamming k-NN edges inside every partition, for this rank's vectors:
-        (src [E], dst [E], distance [E]) global ids, each vector's own lists from all its
-        partitions. Two all-to-alls: members to their partitions' owners, edges back."""
+    def _partition_edges(self, mine, packed, start, sizes, group, space):
+        """The exact k-NN edges (by ``space``'s distance) inside every partition, for this
+        rank's vectors, codes mine [n, W] and rows ``packed`` by ``space``: (src [E], dst [E],
+        distance [E]) global ids, each vector's own lists from all its partitions. Two
+        all-to-alls: members to their partitions' owners, edges back."""
         _, world = rank_and_size(group)
         parts = nearest_codes(mine, self.centroids, self.settings.overlap)  # [n, t]
         ids = torch.arange(start, start + len(mine)).repeat_interleave(parts.shape[1])
         records = torch.cat(
-            [parts.reshape(-1, 1), ids[:, None], mine.repeat_interleave(parts.shape[1], 0)], 1
+            [parts.reshape(-1, 1), ids[:, None], packed.repeat_interleave(parts.shape[1], 0)], 1
         )
         owner = records[:, 0] % world
         arrived = torch.cat(exchange_rows([records[owner == r] for r in range(world)], group))
@@ -256,7 +280,8 @@ class BinaryGraph:
         first = 0
         for count in counts.tolist():
             members = arrived[first : first + count]
-            neighbours, distances = partition_knn(members[:, 2:], self.settings.candidates)
+            points = space.unpacked(members[:, 2:])
+            neighbours, distances = partition_knn(points, self.settings.candidates, space)
             src.append(members[:, 1].repeat_interleave(neighbours.shape[1]))
             dst.append(members[:, 1][neighbours].flatten())
             dist_.append(distances.flatten())
@@ -290,25 +315,24 @@ class BinaryGraph:
             drawn[lo - start : hi - start] = draws[lo - first : hi - first]
         return drawn + (drawn >= torch.arange(start, start + count)[:, None])  # never itself
 
-    def _prune(self, ids, dists):
+    def _prune(self, ids, dists, space):
         """Cut candidate lists to the near links (``degree - random_edges``) by the
         relative-neighbourhood rule.
 
-        ids [n, M] candidates sorted nearest first (-1 padded), dists [n, M] their Hamming
+        ids [n, M] candidates sorted nearest first (-1 padded), dists [n, M] their ``space``
         distances -> (ids [n, near], dists [n, near]), nearest first.
         A candidate is kept unless a neighbour kept before it is ``alpha`` times nearer to it
         than the node is; lists left short are filled with the nearest dropped candidates.
         """
-        degree, bits = self.near_degree, self.settings.num_bits
+        degree = self.near_degree
         out_ids = torch.full((len(ids), degree), -1, dtype=torch.int64)
-        out_dists = torch.full((len(ids), degree), bits + 1, dtype=torch.int64)
+        out_dists = torch.full((len(ids), degree), space.far, dtype=torch.int64)
         for first in range(0, len(ids), _ROW_BLOCK):
             block = slice(first, first + _ROW_BLOCK)
             candidates, to_node = ids[block], dists[block]  # [b, M]
             valid = candidates >= 0
-            signs = unpack_signs(self.codes[candidates.clamp_min(0).flatten()])
-            signs = signs.view(*candidates.shape, bits)  # [b, M, bits]
-            between = (bits - torch.bmm(signs, signs.transpose(1, 2))) / 2  # [b, M, M]
+            points = space.points(candidates.clamp_min(0))  # [b, M, F]
+            between = space.distances(torch.bmm(points, points.transpose(1, 2)))  # [b, M, M]
             # closer[:, i, j]: candidate j is alpha times nearer to candidate i than the node is
             closer = (self.settings.alpha * between < to_node[:, None, :]).transpose(1, 2)
             closer = closer.contiguous()
@@ -327,25 +351,36 @@ class BinaryGraph:
             picked = chosen.gather(1, order)
             width = order.shape[1]
             out_ids[block, :width] = torch.where(picked, candidates.gather(1, order), -1)
-            out_dists[block, :width] = torch.where(picked, to_node.gather(1, order), bits + 1)
+            out_dists[block, :width] = torch.where(picked, to_node.gather(1, order), space.far)
         return out_ids, out_dists
 
-    def _propagated(self, start, graph, whole):
+    def _propagated(self, start, graph, whole, space):
         """Candidates of this rank's vectors [n]: their neighbours and their neighbours'
-        neighbours (from ``whole`` [N, degree]), nearest ``candidates`` of them, nearest first."""
+        neighbours (from ``whole`` [N, degree]), nearest ``candidates`` of them by ``space``,
+        nearest first."""
         n, keep = len(graph), self.settings.candidates
         out_ids = torch.full((n, keep), -1, dtype=torch.int64)
-        out_dists = torch.full((n, keep), self.settings.num_bits + 1, dtype=torch.int64)
+        out_dists = torch.full((n, keep), space.far, dtype=torch.int64)
         total = len(self.codes)
-        for first in range(0, n, _ROW_BLOCK):
-            neighbours = graph[first : first + _ROW_BLOCK]  # [b, R]
+        rows = max(1, _GATHERED_CODES // (graph.shape[1] + 1) ** 2)  # vectors per block
+        for first in range(0, n, rows):
+            neighbours = graph[first : first + rows]  # [b, R]
             second = whole[neighbours.clamp_min(0)].masked_fill_((neighbours < 0)[:, :, None], -1)
             candidates = torch.cat([neighbours, second.flatten(1)], 1)  # [b, R + R^2]
             nodes = torch.arange(start + first, start + first + len(neighbours))
             valid = (candidates >= 0) & (candidates != nodes[:, None])
-            distances = hamming(self.codes[candidates.clamp_min(0)], self.codes[nodes])
+            codes = self.codes[candidates.clamp_min(0)]  # [b, c, W]
+            if space.kind == "hamming":
+                distances = hamming(codes, self.codes[nodes])
+            else:  # the shortlist by the asymmetric score, then ordered by the exact cosine
+                projected = space.points(nodes) @ self.rotation  # [b, bits]
+                distances = _score_distances(score_tables(projected), _offsets(projected), codes)
             keys = torch.where(valid, distances * total + candidates, _EMPTY)
-            ids, dists = _unique_nearest(keys, keep, total, self.settings.num_bits)
+            ids, dists = _unique_nearest(keys, keep, total, space.far)
+            if space.kind == "cosine":
+                dists = space.between(ids.clamp_min(0), nodes).masked_fill_(ids < 0, space.far)
+                dists, order = dists.sort(dim=1, stable=True)
+                ids = ids.gather(1, order)
             out_ids[first : first + len(neighbours)] = ids
             out_dists[first : first + len(neighbours)] = dists
         return out_ids, out_dists
@@ -372,9 +407,9 @@ class BinaryGraph:
         """The ``k`` nearest vectors of each query: queries [Q, D] -> (scores [Q, k] fp32, ids
         [Q, k] int64), best first; -inf and -1 where fewer were found.
 
-        ef: the beam (candidates recalled in Hamming space and re-ranked), at least k.
-        Scores are exact cosines when ``self.vectors`` is set, else the Hamming estimate
-        ``cos(pi h / bits)``.
+        ef: the beam (candidates recalled by the asymmetric score and re-ranked), at least k.
+        Scores are exact cosines when ``self.vectors`` is set, else estimated from the
+        asymmetric scores (``binary_codes.asymmetric_cosine``).
         """
         self._check_built()
         if queries.dim() != 2 or queries.shape[1] != self.rotation.shape[0]:
@@ -383,40 +418,43 @@ class BinaryGraph:
             )
         if not 1 <= k <= ef:
             raise ValueError(f"need 1 <= k <= ef, got k={k}, ef={ef}")
-        distances, found = self.recall(self._encode(queries), ef)  # [Q, ef]
+        projected = project(queries, self.rotation)  # [Q, bits]
+        scores, found = self.recall(projected, ef)  # [Q, ef]
         if self.vectors is not None:
             scores, found = exact_rerank(self.vectors, queries, found, k)
         else:
-            scores, found = angle_scores(distances[:, :k], self.settings.num_bits), found[:, :k]
+            scores, found = asymmetric_cosine(scores[:, :k], projected), found[:, :k]
             scores[found < 0] = -math.inf
         if found.shape[1] < k:  # fewer vectors than k
             scores = F.pad(scores, (0, k - found.shape[1]), value=-math.inf)
             found = F.pad(found, (0, k - found.shape[1]), value=-1)
         return scores, found
 
-    def recall(self, query_codes: torch.Tensor, ef: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``ef`` nearest codes the graph search finds: query_codes [Q, W] -> (Hamming
-        distances [Q, ef] int64, ids [Q, ef]), nearest first, -1 where fewer were reached."""
+    def recall(self, projected: torch.Tensor, ef: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``ef`` best codes by the asymmetric score that the graph search finds:
+        projected [Q, bits] queries (``binary_codes.project``) -> (scores [Q, ef] fp32, ids
+        [Q, ef]), best first, -inf and -1 where fewer were reached."""
         if self.backend == "faiss":
             if self._faiss is None:
-                self._faiss = FaissHammingGraph(self.codes, self.graph, int(self.medoids[0]))
-            return self._faiss.search(query_codes, ef)
-        keys = torch.cat(
-            [
-                self._beam_search(query_codes[first : first + _SEARCH_BLOCK], ef)
-                for first in range(0, len(query_codes), _SEARCH_BLOCK)
-            ]
-        )
+                self._faiss = FaissSignGraph(self.codes, self.graph, int(self.medoids[0]))
+            return self._faiss.search(projected, ef)
+        keys, offsets = [], []
+        for first in range(0, len(projected), _SEARCH_BLOCK):
+            beam_keys, offset = self._beam_search(projected[first : first + _SEARCH_BLOCK], ef)
+            keys.append(beam_keys)
+            offsets.append(offset)
+        keys, offset = torch.cat(keys), torch.cat(offsets)
         empty = keys == _EMPTY
-        return (
-            torch.where(empty, self.settings.num_bits + 1, keys // len(self)),
-            torch.where(empty, -1, keys % len(self)),
-        )
+        scores = offset[:, None] - (keys // len(self)).float() / _SCORE_LEVELS
+        return scores.masked_fill_(empty, -math.inf), torch.where(empty, -1, keys % len(self))
 
-    def _beam_search(self, query_codes: torch.Tensor, ef: int) -> torch.Tensor:
-        """Beam keys ``distance * N + id`` [q, ef] (ascending, ``_EMPTY`` padded) of the
-        nearest codes found by a greedy beam search from the nearest partitions' medoids."""
-        beam = _Beam(query_codes, self.codes, ef)
+    def _beam_search(self, projected: torch.Tensor, ef: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Beam keys ``distance * N + id`` [q, ef] (ascending, ``_EMPTY`` padded) of the best
+        codes found by a greedy beam search from the nearest partitions' medoids, and the
+        offsets [q] that turn distances back into scores (``_score_distances``)."""
+        beam = _Beam(projected, self.codes, ef)
+        offset = beam.offset
+        query_codes = pack_bits(projected > 0)
         entries = nearest_codes(query_codes, self.centroids, self.settings.entry_points)
         beam.offer(self.medoids[entries])
         result = torch.empty(len(query_codes), ef, dtype=torch.int64)
@@ -427,7 +465,7 @@ class BinaryGraph:
             if 2 * int(live.sum()) <= len(live):  # finished beams leave, when half have
                 result[rows[~live]] = beam.keys[~live]
                 if not live.any():
-                    return result
+                    return result, offset
                 rows, parents = rows[live], parents[live]
                 beam.keep(live)
             neighbours = self.graph[parents.clamp_min(0)].long()  # [r, degree]
@@ -440,25 +478,36 @@ class BinaryGraph:
         and to ``random_edges`` drawn ones,
         and offered back to them as a reverse edge. The new vectors reach one another through
         their common neighbours; after many additions a rebuild gives a better graph. The float
-        vectors (for the re-rank), if set, are extended in memory."""
+        vectors (for the re-rank), if set, are extended in memory; a graph built by cosine
+        needs them (its links are ranked by cosine)."""
         self._check_built()
         if vectors.dim() != 2 or vectors.shape[1] != self.rotation.shape[0]:
             raise ValueError(
                 f"vectors must be [n, {self.rotation.shape[0]}], got {tuple(vectors.shape)}"
             )
+        if self.settings.build_distance == "cosine" and self.vectors is None:
+            raise ValueError("adding to a graph built by cosine needs its float vectors set")
         first = len(self)
-        new_codes = self._encode(vectors)
-        distances, found = self.recall(new_codes, self.settings.candidates)
-        self.codes = torch.cat([self.codes, new_codes])
-        links, link_distances = self._prune(found, distances)  # [n, near]
+        _, found = self.recall(project(vectors, self.rotation), self.settings.candidates)
+        self.codes = torch.cat([self.codes, self._encode(vectors)])
+        if self.vectors is not None:
+            self.vectors = torch.cat([self.vectors, vectors.to(self.vectors.dtype)])
+        space = BuildDistance(
+            self.settings.build_distance,
+            self.codes if self.settings.build_distance == "hamming" else self.vectors,
+            self.settings.num_bits,
+        )
         new_ids = torch.arange(first, first + len(vectors))
+        distances = space.between(found.clamp_min(0), new_ids).masked_fill_(found < 0, space.far)
+        distances, order = distances.sort(dim=1, stable=True)
+        links, link_distances = self._prune(found.gather(1, order), distances, space)  # [n, near]
         # offered back: each neighbour of a new vector gets it as a candidate
         has = links >= 0
         touched = links[has].unique()  # sorted
         targets = new_ids[:, None].expand_as(links)[has]
         near = self.near_degree
         old_links = self.graph[touched, :near].long()
-        old_distances = hamming(self.codes[old_links.clamp_min(0)], self.codes[touched])
+        old_distances = space.between(old_links.clamp_min(0), touched)
         valid = old_links >= 0
         local = torch.arange(len(touched))[:, None].expand_as(old_links)
         src = torch.cat([local[valid], torch.searchsorted(touched, links[has])])
@@ -468,14 +517,12 @@ class BinaryGraph:
             dst,
             torch.cat([old_distances[valid], link_distances[has]]),
             len(touched),
-            self.settings,
-            len(self),
+            self.settings.candidates,
+            space.far,
         )
         far = self._random_edges(first, len(vectors))
         self.graph = torch.cat([self.graph, _with_far_links(links, far).to(torch.int32)])
-        self.graph[touched, :near] = self._prune(*candidates)[0].to(torch.int32)
-        if self.vectors is not None:
-            self.vectors = torch.cat([self.vectors, vectors.to(self.vectors.dtype)])
+        self.graph[touched, :near] = self._prune(*candidates, space)[0].to(torch.int32)
         self._faiss = None
         return new_ids
 
@@ -557,11 +604,11 @@ class BinaryGraph:
 class _Beam:
     """The search beams of a block of queries: keys ``distance * N + id`` [q, ef] ascending,
     which of them were expanded, and a visited bitmap [q, N / 8] so that no vector is scored
-    twice for a query."""
+    twice for a query. Distances: ``_score_distances``."""
 
-    def __init__(self, query_codes: torch.Tensor, codes: torch.Tensor, ef: int) -> None:
-        q, self.total = len(query_codes), len(codes)
-        self.query_codes, self.codes = query_codes, codes
+    def __init__(self, projected: torch.Tensor, codes: torch.Tensor, ef: int) -> None:
+        q, self.total = len(projected), len(codes)
+        self.tables, self.offset, self.codes = score_tables(projected), _offsets(projected), codes
         self.keys = torch.full((q, ef), _EMPTY, dtype=torch.int64)
         self.expanded = torch.zeros(q, ef, dtype=torch.bool)
         self.visited = torch.zeros(q, (self.total + 7) // 8, dtype=torch.uint8)
@@ -579,7 +626,7 @@ class _Beam:
         new = valid & ~seen
         marks = torch.where(new, torch.ones_like(bit).bitwise_left_shift(bit), 0)
         self.visited.scatter_add_(1, byte, marks)  # distinct new bits: adding sets them
-        distances = hamming(self.codes[ids], self.query_codes)  # [q, c]
+        distances = _score_distances(self.tables, self.offset, self.codes[ids])  # [q, c]
         keys = torch.where(new, distances * self.total + ids, _EMPTY)
         merged = torch.cat([self.keys, keys], 1)
         flags = torch.cat([self.expanded, torch.zeros_like(new)], 1)
@@ -597,10 +644,70 @@ class _Beam:
     def keep(self, rows: torch.Tensor) -> None:
         """Drop the beams of finished queries (rows [q] bool: the ones that stay)."""
         self.keys, self.expanded = self.keys[rows], self.expanded[rows]
-        self.visited, self.query_codes = self.visited[rows], self.query_codes[rows]
+        self.visited, self.tables = self.visited[rows], self.tables[rows]
+        self.offset = self.offset[rows]
+
+
+def _offsets(projected: torch.Tensor) -> torch.Tensor:
+    """projected [q, bits] -> [q]: the highest asymmetric score any code could reach."""
+    return projected.abs().sum(1)
+
+
+def _score_distances(tables, offset, codes) -> torch.Tensor:
+    """Asymmetric scores of codes [q, c, W] as integer distances [q, c] int64 (for keys
+    ``distance * N + id``): ``offset`` [q] minus the score, in steps of ``1 / _SCORE_LEVELS``."""
+    scores = asymmetric_scores(tables, codes)
+    return ((offset[:, None] - scores) * _SCORE_LEVELS).round_().clamp_min_(0).long()
 
 
 # ---- construction steps (pure functions of global ids and codes) -------------------------
+
+
+class BuildDistance:
+    """The distance the construction ranks neighbours by, as integers (merge keys are
+    ``distance * N + id``): ``"hamming"`` between codes rows [N, W] int64, or ``"cosine"``
+    (1 - cos) between float rows [N, D] (normalised when read unless ``unit``; may be
+    memory-mapped) in steps of ``1 / _COSINE_LEVELS``. Both come from dot products of
+    ``points``: +-1 sign vectors, or unit vectors."""
+
+    def __init__(self, kind: str, rows: torch.Tensor, num_bits: int, unit: bool = False) -> None:
+        self.kind, self.rows, self.num_bits, self.unit = kind, rows, num_bits, unit
+        self.far = num_bits + 1 if kind == "hamming" else 2 * _COSINE_LEVELS + 1  # beyond all
+
+    def packed(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows as int64 [n, w] records to exchange: the codes, or unit fp32 rows bit-cast
+        (padded to an even width)."""
+        if self.kind == "hamming":
+            return rows
+        return F.pad(rows, (0, rows.shape[1] % 2)).contiguous().view(torch.int64)
+
+    def unpacked(self, packed: torch.Tensor) -> torch.Tensor:
+        """``packed`` records [n, w] -> points [n, F] fp32."""
+        if self.kind == "hamming":
+            return unpack_signs(packed)
+        return packed.contiguous().view(torch.float32)
+
+    def points(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [...] (>= 0) -> points [..., F] fp32."""
+        picked = self.rows[ids.flatten()]
+        if self.kind == "hamming":
+            points = unpack_signs(picked)
+        else:
+            points = picked if self.unit else F.normalize(picked.float(), dim=1)
+        return points.view(*ids.shape, -1)
+
+    def distances(self, dots: torch.Tensor) -> torch.Tensor:
+        """Dot products of points -> int64 distances."""
+        if self.kind == "hamming":
+            return ((self.num_bits - dots) / 2).round_().long()
+        return ((1 - dots) * _COSINE_LEVELS).round_().clamp_min_(0).long()
+
+    def between(self, ids: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """Distances of rows ids [b, c] (>= 0) to rows nodes [b]: -> [b, c] int64."""
+        if self.kind == "hamming":
+            return hamming(self.rows[ids], self.rows[nodes])
+        dots = torch.bmm(self.points(ids), self.points(nodes)[:, :, None]).squeeze(2)
+        return self.distances(dots)
 
 
 def binary_kmeans(codes: torch.Tensor, num_parts: int, generator: torch.Generator) -> torch.Tensor:
@@ -631,23 +738,24 @@ def nearest_codes(codes: torch.Tensor, targets: torch.Tensor, count: int) -> tor
     return out
 
 
-def partition_knn(codes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact Hamming k-NN inside one partition: codes [m, W] -> (neighbours [m, k'] positions,
-    distances [m, k'] int64), nearest first, k' = min(k, m - 1), never the member itself."""
-    k = min(k, len(codes) - 1)
-    signs = unpack_signs(codes)  # [m, bits]
-    bits = signs.shape[1]
-    neighbours = torch.empty(len(codes), max(k, 0), dtype=torch.int64)
-    distances = torch.empty(len(codes), max(k, 0), dtype=torch.int64)
+def partition_knn(
+    points: torch.Tensor, k: int, space: BuildDistance
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k-NN inside one partition: points [m, F] (``space.points``) -> (neighbours
+    [m, k'] positions, ``space`` distances [m, k'] int64), nearest first, k' = min(k, m - 1),
+    never the member itself."""
+    k = min(k, len(points) - 1)
+    neighbours = torch.empty(len(points), max(k, 0), dtype=torch.int64)
+    distances = torch.empty(len(points), max(k, 0), dtype=torch.int64)
     if k <= 0:
         return neighbours, distances
-    for first in range(0, len(codes), _ROW_BLOCK):
-        dots = signs[first : first + _ROW_BLOCK] @ signs.t()  # [b, m]: bits - 2 h
+    for first in range(0, len(points), _ROW_BLOCK):
+        dots = points[first : first + _ROW_BLOCK] @ points.t()  # [b, m]
         rows = torch.arange(len(dots))
-        dots[rows, rows + first] = -bits - 2  # itself: after every other member
+        dots[rows, rows + first] = -math.inf  # itself: after every other member
         top, found = dots.topk(k, 1)
         neighbours[first : first + len(dots)] = found
-        distances[first : first + len(dots)] = ((bits - top) / 2).long()
+        distances[first : first + len(dots)] = space.distances(top)
     return neighbours, distances
 
 
@@ -663,12 +771,12 @@ def _gathered_sample(vectors, sizes, start, group, generator) -> torch.Tensor:
     return gather_rows(rows, counts, group)
 
 
-def _nearest_per_node(src, dst, distances, n, settings, total):
-    """Edges (src, dst, distance) [E] with src in 0..n-1 -> per src its ``candidates`` nearest
-    distinct dst: (ids [n, candidates], distances [n, candidates]), nearest first (lower id on
-    ties), -1 padded."""
-    keep, empty = settings.candidates, settings.num_bits + 1
-    order = torch.argsort((src * (empty + 1) + distances) * total + dst)
+def _nearest_per_node(src, dst, distances, n, keep, far):
+    """Edges (src, dst, distance) [E] with src in 0..n-1 -> per src its ``keep`` nearest
+    distinct dst: (ids [n, keep], distances [n, keep]), nearest first (lower id on ties), -1
+    and ``far`` padded."""
+    order = torch.argsort(dst)  # sorted by (src, distance, dst): a stable sort by the first two
+    order = order[torch.argsort(src[order] * (far + 1) + distances[order], stable=True)]
     src, dst, distances = src[order], dst[order], distances[order]
     repeat = torch.zeros_like(src, dtype=torch.bool)
     repeat[1:] = (src[1:] == src[:-1]) & (dst[1:] == dst[:-1])
@@ -677,13 +785,13 @@ def _nearest_per_node(src, dst, distances, n, settings, total):
     position = torch.arange(len(src)) - (counts.cumsum(0) - counts)[src]
     fits = position < keep
     ids = torch.full((n, keep), -1, dtype=torch.int64)
-    out = torch.full((n, keep), empty, dtype=torch.int64)
+    out = torch.full((n, keep), far, dtype=torch.int64)
     ids[src[fits], position[fits]] = dst[fits]
     out[src[fits], position[fits]] = distances[fits]
     return ids, out
 
 
-def _with_reverse_edges(graph, dists, whole_graph, whole_dists, start, stop, settings):
+def _with_reverse_edges(graph, dists, whole_graph, whole_dists, start, stop, keep, far):
     """Candidates of nodes [start, stop): their own lists and every edge pointing to them."""
     mine = (whole_graph >= start) & (whole_graph < stop)  # [N, R]
     reverse_src = whole_graph[mine]
@@ -693,7 +801,7 @@ def _with_reverse_edges(graph, dists, whole_graph, whole_dists, start, stop, set
     src = torch.cat([own_src, reverse_src - start])
     dst = torch.cat([graph[own], reverse_dst])
     distances = torch.cat([dists[own], whole_dists[mine]])
-    return _nearest_per_node(src, dst, distances, stop - start, settings, len(whole_graph))
+    return _nearest_per_node(src, dst, distances, stop - start, keep, far)
 
 
 def _with_far_links(near: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
@@ -703,7 +811,7 @@ def _with_far_links(near: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
     return torch.cat([near, far.masked_fill(repeat, -1)], 1)
 
 
-def _unique_nearest(keys, keep, total, bits):
+def _unique_nearest(keys, keep, total, far):
     """Row-wise: the ``keep`` smallest distinct keys ``distance * total + id`` of [n, c] ->
     (ids [n, keep], distances [n, keep]), -1 padded."""
     keys = keys.sort(1).values
@@ -714,11 +822,11 @@ def _unique_nearest(keys, keep, total, bits):
     shortlist = torch.where(repeat.gather(1, first), _EMPTY, keys.gather(1, first))
     empty = shortlist == _EMPTY
     ids = torch.where(empty, -1, shortlist % total)
-    distances = torch.where(empty, bits + 1, shortlist // total)
+    distances = torch.where(empty, far, shortlist // total)
     if ids.shape[1] < keep:
         pad = keep - ids.shape[1]
         ids = F.pad(ids, (0, pad), value=-1)
-        distances = F.pad(distances, (0, pad), value=bits + 1)
+        distances = F.pad(distances, (0, pad), value=far)
     return ids, distances
 
 
@@ -727,8 +835,8 @@ def build_binary_graph_knn(
     weight: torch.Tensor, num_classes: int, k: int, group: dist.ProcessGroup | None, seed: int = 0
 ) -> torch.Tensor:
     """The class KNN graph of this rank's classes from a ``BinaryGraph`` over all ranks' rows:
-    weight [C_local, D] -> global ids [C_local, k] int32, nearest first by Hamming distance
-    between the classes' codes (the graph's pruned near links, ``degree = k + random_edges``);
+    weight [C_local, D] -> global ids [C_local, k] int32, nearest first by cosine (the
+    graph's pruned near links, ``degree = k + random_edges``);
     -1 where a list is short. Collective on ``group`` (``BinaryGraph.build``)."""
     settings = GraphSettings(degree=k + 4, candidates=2 * (k + 4), seed=seed)
     index = BinaryGraph(settings, backend="torch").build(weight.detach(), group)

@@ -35,7 +35,7 @@ from megaclass.index.binary_codes import (
     fit_rotation,
     popcount_,
 )
-from megaclass.index.faiss_hamming import FaissHammingLists, faiss_available
+from megaclass.index.faiss_engines import FaissHammingLists, faiss_available
 from megaclass.index.ivf_graph import nearest_lists, spherical_kmeans
 from megaclass.logs import ProgressLog
 
