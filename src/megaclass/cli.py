@@ -132,10 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("out", help="the export folder to write")
     export.add_argument(
         "--index",
-        choices=("auto", "binary_graph", "none"),
-        default="none",
-        help="the search index to build for megaclass serve: binary_graph, auto (binary_graph "
-        "for a cosine head), or none (default: exact search; benchmarks/results/index.md)",
+        choices=("auto", "hnsw", "binary_graph", "none"),
+        default="auto",
+        help="the search index to build for megaclass serve: hnsw (faiss), binary_graph, none "
+        "(exact search), or auto (default: hnsw for a cosine head when faiss is installed, "
+        "else none; docs/serving.md)",
     )
     export.set_defaults(run=_export)
     predict = commands.add_parser(
@@ -183,13 +184,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--search",
-        choices=("auto", "exact", "binary_graph"),
+        choices=("auto", "exact", "hnsw", "binary_graph"),
         default="auto",
-        help="how classes are ranked: the export's graph index, every class scored, or auto "
-        "(the graph index when the export has one)",
+        help="how classes are ranked: the export's index (hnsw or binary_graph), every class "
+        "scored, or auto (the export's index when it has one)",
     )
     serve.add_argument(
-        "--ef", type=int, default=64, help="graph search: candidates recalled and re-ranked"
+        "--ef", type=int, default=64, help="index search: the beam (candidates kept)"
     )
     serve.add_argument(
         "--timeout-s", type=float, default=10.0, help="a request's deadline (then 503)"

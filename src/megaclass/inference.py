@@ -33,8 +33,8 @@ from megaclass.models import BackboneSpec
 from megaclass.samplers import Full
 
 FORMAT = 1
-INDEX_FILE = "index.safetensors"
-INDEX_KINDS = ("auto", "binary_graph", "none")
+INDEX_FILES = {"hnsw": "index.faiss", "binary_graph": "index.safetensors"}  # search indexes
+INDEX_KINDS = ("auto", *INDEX_FILES, "none")
 INPUT_DTYPES = ("float32", "int64")
 _log = logging.getLogger("megaclass.inference")
 
@@ -256,26 +256,33 @@ def write_export(
     return folder
 
 
-def write_graph_index(folder: str | Path) -> Path:
-    """Build the ``BinaryGraph`` over an export's class rows (default settings), save it as
-    ``index.safetensors`` and name it in the manifest. Only for a cosine head: the graph ranks
-    by cosine, which is not the order of a dot-product head's scores."""
-    from megaclass.index import BinaryGraph
+def write_search_index(folder: str | Path, kind: str) -> Path:
+    """Build the search index ``kind`` (``INDEX_FILES``: a faiss float HNSW or a
+    ``BinaryGraph``, default settings) over an export's class rows, save it beside them and name
+    it in the manifest. Only for a cosine head: both rank by cosine, which is not the order of
+    a dot-product head's scores."""
+    from megaclass.index import BinaryGraph, FloatHNSW
 
+    if kind not in INDEX_FILES:
+        raise ValueError(f"the search index must be one of {tuple(INDEX_FILES)}, got {kind!r}")
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
     manifest = read_description(manifest_path)
     if not manifest.get("normalize"):
         raise ValueError(
-            f"{folder}: the head scores by dot product; a graph index ranks by cosine "
+            f"{folder}: the head scores by dot product; a search index ranks by cosine "
             "(export with --index none)"
         )
-    weights = torch.from_numpy(np.load(folder / "class_weights.npy", mmap_mode="c"))
-    index = BinaryGraph().build(weights)
-    index.save(folder / INDEX_FILE)
-    manifest["index"] = {"kind": "binary_graph", "file": INDEX_FILE}
+    weights = np.load(folder / "class_weights.npy", mmap_mode="c")
+    path = folder / INDEX_FILES[kind]
+    _log.info("building the %s index over %d classes", kind, len(weights))
+    if kind == "hnsw":
+        FloatHNSW.build(weights).save(path)
+    else:
+        BinaryGraph().build(torch.from_numpy(weights)).save(path)
+    manifest["index"] = {"kind": kind, "file": INDEX_FILES[kind]}
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return folder / INDEX_FILE
+    return path
 
 
 def predict_file(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import shutil
 import subprocess
 import sys
 import threading
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import uvicorn
 
-from megaclass.inference import load_export
+from megaclass.inference import load_export, write_search_index
 from megaclass.serve.app import create_app
 from megaclass.serve.search import ExactSearch
 from megaclass.serve.server import load_app
@@ -31,7 +32,7 @@ def export(tmp_path_factory):
     overrides.append("train.steps=6")
     run, out = folder / "run", folder / "export"
     assert megaclass("train", "--run-dir", str(run), *set_args(overrides)).returncode == 0
-    assert megaclass("export", str(run), str(out), "--index", "binary_graph").returncode == 0
+    assert megaclass("export", str(run), str(out)).returncode == 0  # the index: auto, an HNSW
     return np.load(data / "eval_x.npy"), out
 
 
@@ -53,7 +54,7 @@ def serving(app):
 
 @pytest.fixture(scope="module")
 def server(export):
-    """The app over the export (its graph index, a beam wider than the 97 classes: exact)
+    """The app over the export (its HNSW index, a beam wider than the 97 classes: exact)
     under uvicorn: (base URL, app)."""
     app = load_app(export[1], max_rows=64, max_wait_s=0.05, ef=128)
     with serving(app) as url:
@@ -65,7 +66,7 @@ def test_health_info_and_openapi(server):
     assert httpx.get(f"{url}/healthz").status_code == 200
     info = httpx.get(f"{url}/v1/info").json()
     assert (info["num_classes"], info["embedding_dim"], info["input_dim"]) == (97, 32, 12)
-    assert info["index"]["kind"] == "binary_graph" and info["index"]["ef"] == 128
+    assert info["index"]["kind"] == "hnsw" and info["index"]["ef"] == 128
     assert info["model_version"] == 6
     paths = httpx.get(f"{url}/openapi.json").json()["paths"]
     assert {"/v1/predict", "/v1/search", "/v1/info", "/healthz"} <= paths.keys()
@@ -159,6 +160,22 @@ def test_the_exact_search_answers_the_same_and_says_so(export):
         assert httpx.get(f"{url}/v1/info").json()["index"] == {"kind": "exact"}
         body = httpx.post(f"{url}/v1/predict", json={"inputs": inputs[:10].tolist(), "k": 5})
         assert body.json()["ids"] == expected.ids.tolist()
+
+
+def test_the_binary_graph_index_answers_the_same_and_a_missing_index_is_named(export, tmp_path):
+    inputs, folder = export
+    expected = load_export(folder).predict(inputs[:20], k=5)
+    with pytest.raises(ValueError, match=r"has no binary_graph index \(it has: hnsw\)"):
+        load_app(folder, search="binary_graph")
+    graph_export = tmp_path / "graph"
+    shutil.copytree(folder, graph_export)
+    write_search_index(graph_export, "binary_graph")
+    with serving(load_app(graph_export, ef=128)) as url:  # a beam over every class: exact
+        info = httpx.get(f"{url}/v1/info").json()["index"]
+        assert info["kind"] == "binary_graph" and info["bytes_per_class"] == 16 + 4 * 32
+        body = httpx.post(f"{url}/v1/predict", json={"inputs": inputs[:20].tolist(), "k": 5})
+        assert body.json()["ids"] == expected.ids.tolist()
+        np.testing.assert_allclose(body.json()["scores"], expected.scores.numpy(), rtol=1e-5)
 
 
 class _Broken(ExactSearch):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from megaclass.inference import load_export, read_description
 
-SEARCHES = ("auto", "exact", "binary_graph")
+SEARCHES = ("auto", "exact", "hnsw", "binary_graph")
 
 
 def load_app(
@@ -20,12 +20,12 @@ def load_app(
 ):
     """The FastAPI app over the export in ``folder`` (its model and index loaded first).
 
-    search: ``"binary_graph"`` (the export's graph index, beam ``ef``), ``"exact"`` (every class
-    scored) or ``"auto"``: the graph index when the export has one.
+    search: ``"hnsw"`` or ``"binary_graph"`` (the export's index of that kind, beam ``ef``),
+    ``"exact"`` (every class scored) or ``"auto"``: the export's index when it has one.
     """
     try:
         from megaclass.serve.app import create_app
-        from megaclass.serve.search import ExactSearch, GraphSearch
+        from megaclass.serve.search import SEARCHERS, ExactSearch
     except ImportError as error:
         raise ValueError(
             f'megaclass serve needs {error.name}: pip install "megaclass[serve]"'
@@ -35,15 +35,18 @@ def load_app(
     folder = Path(folder)
     model = load_export(folder)
     manifest = read_description(folder / "manifest.json")
-    has_index = manifest.get("index", {}).get("kind") == "binary_graph"
-    if search == "binary_graph" and not has_index:
+    kind = manifest.get("index", {}).get("kind")  # None: exported without
+    if search == "auto":
+        search = kind if kind in SEARCHERS else "exact"
+    if search != "exact" and search != kind:
         raise ValueError(
-            f"{folder} has no graph index: export it with megaclass export --index binary_graph"
+            f"{folder} has no {search} index (it has: {kind or 'none'}): export it with "
+            f"megaclass export --index {search}"
         )
-    if search == "exact" or not has_index:
+    if search == "exact":
         searcher = ExactSearch(model.head)
     else:
-        searcher = GraphSearch.from_export(folder, model.description.scale, ef)
+        searcher = SEARCHERS[search].from_export(folder, model.description.scale, ef)
     return create_app(
         model, manifest.get("step"), max_rows, max_wait_s, searcher=searcher, timeout_s=timeout_s
     )

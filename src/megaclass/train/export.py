@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch.distributed as dist
 
+from megaclass.index.faiss_engines import faiss_available
 from megaclass.inference import (
     INDEX_KINDS,
     ModelDescription,
@@ -21,15 +22,17 @@ from megaclass.inference import (
     load_export,
     read_description,
     write_export,
-    write_graph_index,
+    write_search_index,
 )
 from megaclass.train.checkpoint import latest_checkpoint, load_checkpoint, read_file
 
 
-def export_run(run_dir: str | Path, out: str | Path, index: str = "none") -> Path:
-    """Write the newest checkpoint of ``run_dir`` as an export folder ``out``, with the graph
-    index for serving when ``index`` is ``"binary_graph"``, or ``"auto"`` and the head scores
-    by cosine (``"none"``, the default: without; ``benchmarks/results/index.md`` says why)."""
+def export_run(run_dir: str | Path, out: str | Path, index: str = "auto") -> Path:
+    """Write the newest checkpoint of ``run_dir`` as an export folder ``out`` with the search
+    index ``megaclass serve`` uses: ``"hnsw"`` (faiss's float HNSW), ``"binary_graph"``,
+    ``"none"`` (served by exact search), or ``"auto"``: the HNSW, which measured fastest at
+    recall@10 >= 0.95 (``benchmarks/results/index.md``), for a head that scores by cosine
+    when faiss is installed, else none."""
     if index not in INDEX_KINDS:
         raise ValueError(f"index must be one of {INDEX_KINDS}, got {index!r}")
     run_dir = Path(run_dir)
@@ -45,8 +48,10 @@ def export_run(run_dir: str | Path, out: str | Path, index: str = "none") -> Pat
 
     backbone = read_file(folder / "common.pt", mmap=False)["backbone"]
     written = write_export(out, description, meta["step"], backbone, class_rows)
-    if index == "binary_graph" or (index == "auto" and description.normalize):
-        write_graph_index(written)
+    if index == "auto":
+        index = "hnsw" if description.normalize and faiss_available() else "none"
+    if index != "none":
+        write_search_index(written, index)
     return written
 
 
