@@ -1,14 +1,16 @@
 """Load test of ``megaclass serve`` on loopback. Usage:
     serve_load.py EXPORT_DIR OUT_JSON [--requests 2000] [--clients 1,8,64] [--ef 64]
-        [--searches binary_graph,exact] [--rows 1] [--queries FILE.npy]
+        [--searches hnsw,exact] [--rows 1] [--queries FILE.npy | --run RUN_DIR]
 
-For each search (the export's graph index, and the exact search) it starts the server as a
+For each search (the export's index, and the exact search) it starts the server as a
 subprocess (``megaclass serve``, a free port on 127.0.0.1), waits for ``/healthz``, then for each
 number of concurrent clients sends a bounded number of ``POST /v1/search`` requests (``--rows``
 embeddings each, k = 10) from that many client threads, and records the throughput (requests per
 second), the p50 / p99 latency and the share of answers equal to the exact search's top-10
-(recall@10 against exact). The embeddings are those of the export's own class rows plus noise
-unless ``--queries`` gives some. Stops by itself; writes JSON and a markdown table beside it.
+(recall@10 against exact). The embeddings: ``--queries``, or with ``--run`` the backbone's
+embeddings of the run's held-out samples (the queries of ``benchmarks/index.py``), else the
+export's own class rows plus noise. Stops by itself; writes JSON and a markdown table beside
+it.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--clients", default="1,8,64")
-    parser.add_argument("--searches", default="binary_graph,exact")
+    parser.add_argument("--searches", default="hnsw,exact")
     parser.add_argument("--ef", type=int, default=64)
     parser.add_argument("--rows", type=int, default=1, help="embeddings per request")
     parser.add_argument("--queries", type=Path, help="embeddings .npy [N, D]")
+    parser.add_argument("--run", type=Path, help="the export's run: its held-out embeddings")
     args = parser.parse_args()
     queries = load_queries(args)
     truth = None
@@ -72,6 +75,10 @@ def main() -> None:
 def load_queries(args) -> np.ndarray:
     if args.queries:
         return np.load(args.queries).astype(np.float32)
+    if args.run:
+        from ann_recall import trained_weights_and_queries
+
+        return trained_weights_and_queries(args.run, 2000)[1].detach().numpy()
     weights = np.load(args.export / "class_weights.npy", mmap_mode="r")
     rng = np.random.default_rng(0)
     rows = weights[np.sort(rng.choice(len(weights), 2000, replace=False))]

@@ -70,7 +70,7 @@ def test_bad_arguments_are_reported_without_a_traceback():
 
 def test_bench_graph_reports_recall_against_brute_force(tmp_path):
     """Probing every list makes the IVF build exact, so its recall, like the exact build's
-    (both fp32 here), is 1 up to ties; one probe finds fewer; the binary graph some."""
+    (both fp32 here), is 1 up to ties; one probe finds fewer; the binary graph most."""
     out = tmp_path / "graph.json"
     result = _megaclass(
         "bench", "graph", "--num-classes", "900", "--dim", "16", "--k", "8",
@@ -89,7 +89,7 @@ def test_bench_graph_reports_recall_against_brute_force(tmp_path):
     for r in (exact, all_lists):
         assert r["recall@1"] >= 0.99 and r["recall@8"] >= 0.99
     assert one_probe["recall@8"] < all_lists["recall@8"]
-    assert binary_graph["recall@8"] >= 0.4  # neighbours by Hamming distance of 128-bit codes
+    assert binary_graph["recall@8"] >= 0.8  # its pruned near links: not all of the nearest
     assert all(r["build_s"] > 0 for r in records)
     assert "recall@8" in result.stdout
 

@@ -1,5 +1,5 @@
-"""``BinaryGraph``: a proximity graph over binary codes, searched in Hamming space and re-ranked
-by the exact cosine (Binary Distributed Graph).
+"""``BinaryGraph``: a proximity graph over binary codes, searched by the codes and re-ranked by
+the exact cosine (Binary Distributed Graph).
 
 What it stores per vector: its code (``num_bits / 8`` bytes, ``megaclass.index.binary_codes``)
 and ``degree`` neighbours (int32): 144 bytes at 128 bits and degree 32, against 512 bytes for the
@@ -11,8 +11,9 @@ Construction, as published for the distributed graph:
    vector;
 2. **partitions**: binary k-means on the sample's codes; every vector joins its ``overlap``
    nearest partitions (overlap > 1 keeps the merged graph connected across partition borders);
-3. **a graph per partition**: the exact Hamming k-NN of its members (one dense block of +-1
-   matrix products per partition: the dot product of two sign vectors is ``bits - 2 h``);
+3. **a graph per partition**: the exact k-NN of its members by ``build_distance`` (one block of
+   matrix products per partition): the cosine of the float vectors (default), or the Hamming
+   distance of the codes (the dot product of two sign vectors is ``bits - 2 h``);
 4. **merge**: each vector's lists from its partitions are united and their nearest
    ``degree - random_edges`` kept; every such edge is offered back to its target (reverse
    edges), and each list is cut to ``degree - random_edges`` by the relative-neighbourhood rule
@@ -31,13 +32,17 @@ graph (all-gathered: 4 bytes per edge). Every step depends on global ids only, s
 the same on 1, 2 or 3 ranks for the same seed; each rank ends holding the whole index. Within a
 rank the work is dense tensor operations on torch's threads.
 
-Search (``search(queries, k, ef)``): a greedy beam search keeps the ``ef`` nearest codes found
-so far and expands the nearest not yet expanded one until all are; the beam is then re-ranked by
-the exact cosine against the float vectors. Two engines walk the same graph: faiss's C++ search
-(the graph handed to an ``IndexBinaryHNSW`` as its only level, from one entry point; CPU) and a
-batched tensor search (any device: every query of a block advances one expansion per round,
-from the medoids of its nearest partitions, with a visited bitmap per query). Measured against
-faiss, hnswlib and pynndescent in ``benchmarks/results/index.md``.
+Search (``search(queries, k, ef)``): a greedy beam search keeps the ``ef`` best codes found so
+far and expands the best not yet expanded one until all are; codes are ranked by the
+asymmetric score (the float query, rotated, against the code's sign bits: a table of 256
+partial sums per code byte, ``binary_codes.score_tables``), which recalls about twice the true
+neighbours that the Hamming distance to the query's own code does at the same beam. The beam is
+then re-ranked by the exact cosine against the float vectors. Two engines walk the same graph:
+faiss's C++ search (the graph as the only level of an ``IndexHNSWPQ`` whose quantizer reads the
+code bytes as sign patterns: ``faiss_engines.FaissSignGraph``; CPU) and a batched tensor search
+(any device: every query of a block advances one expansion per round, from the medoids of its
+nearest partitions, with a visited bitmap per query). Measured against faiss, hnswlib and
+pynndescent in ``benchmarks/results/index.md``.
 """
 
 from __future__ import annotations
