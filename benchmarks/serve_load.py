@@ -1,5 +1,5 @@
 """Load test of ``megaclass serve`` on loopback. Usage:
-    serve_load.py EXPORT_DIR OUT_JSON [--requests 2000] [--clients 1,8,64] [--ef 64]
+    serve_load.py EXPORT_DIR OUT_JSON [--requests 2000] [--clients 1,8,64] [--ef 256]
         [--searches hnsw,exact] [--rows 1] [--queries FILE.npy | --run RUN_DIR]
 
 For each search (the export's index, and the exact search) it starts the server as a
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--clients", default="1,8,64")
     parser.add_argument("--searches", default="hnsw,exact")
-    parser.add_argument("--ef", type=int, default=64)
+    parser.add_argument("--ef", type=int, default=256)
     parser.add_argument("--rows", type=int, default=1, help="embeddings per request")
     parser.add_argument("--queries", type=Path, help="embeddings .npy [N, D]")
     parser.add_argument("--run", type=Path, help="the export's run: its held-out embeddings")

@@ -190,7 +190,11 @@ def _parser() -> argparse.ArgumentParser:
         "scored, or auto (the export's index when it has one)",
     )
     serve.add_argument(
-        "--ef", type=int, default=64, help="index search: the beam (candidates kept)"
+        "--ef",
+        type=int,
+        default=256,
+        help="index search: the beam (default 256: recall@10 0.95 with the HNSW on 10^6 trained "
+        "class rows; docs/serving.md)",
     )
     serve.add_argument(
         "--timeout-s", type=float, default=10.0, help="a request's deadline (then 503)"

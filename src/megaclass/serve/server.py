@@ -15,7 +15,7 @@ def load_app(
     max_rows: int = 256,
     max_wait_s: float = 0.005,
     search: str = "auto",
-    ef: int = 64,
+    ef: int = 256,
     timeout_s: float = 10.0,
 ):
     """The FastAPI app over the export in ``folder`` (its model and index loaded first).
