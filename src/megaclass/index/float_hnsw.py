@@ -9,12 +9,16 @@ HNSW over inner products is refused.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from megaclass.logs import ProgressLog
+
+_log = logging.getLogger("megaclass.index")
 _ADD_ROWS = 1 << 16  # rows normalised and added at once (memory-mapped rows are read in steps)
 
 
@@ -37,9 +41,12 @@ class FloatHNSW:
             raise ValueError(f"vectors must be [rows >= 1, dim], got {tuple(vectors.shape)}")
         index = faiss.IndexHNSWFlat(vectors.shape[1], links, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = ef_construction
+        progress = ProgressLog(_log, "HNSW build", len(vectors), unit="vectors")
         for start in range(0, len(vectors), _ADD_ROWS):
             rows = torch.as_tensor(np.asarray(vectors[start : start + _ADD_ROWS]))
             index.add(np.ascontiguousarray(F.normalize(rows.float(), dim=1).numpy()))
+            progress.update(start + len(rows))
+        progress.finish()
         return cls(index)
 
     def __len__(self) -> int:
