@@ -57,9 +57,14 @@ class FloatHNSW:
         return self.index.d
 
     @property
+    def links(self) -> int:
+        """HNSW's M: the bottom level holds 2 M links per vector, the levels above M."""
+        return self.index.hnsw.nb_neighbors(1)
+
+    @property
     def bytes_per_vector(self) -> float:
         """RAM per vector: the float row and the bottom level's 2 M links (int32)."""
-        return 4 * self.index.d + 4 * self.index.hnsw.nb_neighbors(0)
+        return 4 * self.index.d + 4 * 2 * self.links
 
     def search(
         self, queries: torch.Tensor, k: int, ef: int = 64

@@ -67,7 +67,7 @@ class HnswSearch(_IndexSearch):
             "kind": "hnsw",
             "ef": self.ef,
             "engine": "faiss",
-            "links": self.index.index.hnsw.nb_neighbors(0) // 2,
+            "links": self.index.links,
             "bytes_per_class": self.index.bytes_per_vector,
         }
 
