@@ -1,5 +1,6 @@
 """Load test of ``megaclass serve`` on loopback. Usage:
     serve_load.py EXPORT_DIR OUT_JSON [--requests 2000] [--clients 1,8,64] [--ef 256]
+        [--max-wait-ms 0]
         [--searches hnsw,exact] [--rows 1] [--queries FILE.npy | --run RUN_DIR]
 
 For each search (the export's index, and the exact search) it starts the server as a
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8,64")
     parser.add_argument("--searches", default="hnsw,exact")
     parser.add_argument("--ef", type=int, default=256)
+    parser.add_argument("--max-wait-ms", type=float, default=0.0, help="the server's batch wait")
     parser.add_argument("--rows", type=int, default=1, help="embeddings per request")
     parser.add_argument("--queries", type=Path, help="embeddings .npy [N, D]")
     parser.add_argument("--run", type=Path, help="the export's run: its held-out embeddings")
@@ -46,7 +48,7 @@ def main() -> None:
     truth = None
     records = []
     for search in args.searches.split(","):
-        with Server(args.export, search, args.ef) as url:
+        with Server(args.export, search, args.ef, args.max_wait_ms) as url:
             info = httpx.get(f"{url}/v1/info").json()
             answers = ask_all(url, queries, 4)  # the answers of this search, for recall
             if search == "exact":
@@ -65,6 +67,7 @@ def main() -> None:
         "machine": machine_info("cpu"),
         "export": str(args.export),
         "rows_per_request": args.rows,
+        "max_wait_ms": args.max_wait_ms,
         "requests": args.requests,
         "records": records,
     }
@@ -91,13 +94,14 @@ def load_queries(args) -> np.ndarray:
 class Server:
     """``megaclass serve EXPORT --search S`` on a free loopback port, for a ``with`` block."""
 
-    def __init__(self, export: Path, search: str, ef: int) -> None:
+    def __init__(self, export: Path, search: str, ef: int, max_wait_ms: float) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.command = [
             *(sys.executable, "-m", "megaclass", "serve", str(export)),
             *("--port", str(self.port), "--search", search, "--ef", str(ef)),
+            *("--max-wait-ms", str(max_wait_ms)),
         ]
 
     def __enter__(self) -> str:

@@ -179,8 +179,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-wait-ms",
         type=float,
-        default=5.0,
-        help="how long a request waits for others to batch with",
+        default=0.0,
+        help="how long a batch waits for more requests (default 0: a batch is what queued while "
+        "the previous one ran, which measured lower latency; docs/serving.md)",
     )
     serve.add_argument(
         "--search",

@@ -55,7 +55,7 @@ def create_app(
     model: TrainedModel,
     model_version: int | None = None,
     max_rows: int = 256,
-    max_wait_s: float = 0.005,
+    max_wait_s: float = 0.0,
     searcher: Searcher | None = None,
     timeout_s: float = 10.0,
     max_body_bytes: int = 16 << 20,

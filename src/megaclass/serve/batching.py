@@ -20,8 +20,9 @@ class _Request:
 class MicroBatcher:
     """Collects the rows of concurrent requests and runs ``fn(rows, k)`` once for all of them.
 
-    A batch starts with the first waiting request and takes the requests that arrive within
-    ``max_wait_s`` of it, up to ``max_rows`` rows (a request is never split); requests asking
+    A batch starts with the first waiting request and takes those already waiting and those
+    that arrive within ``max_wait_s`` of it, up to ``max_rows`` rows (a request is never split;
+    with ``max_wait_s = 0`` a batch is whatever queued while the previous one ran); requests asking
     for different ``k`` run with the largest and are cut to their own; when ``fn`` fails on a
     batch, each of its requests is run alone, so that only the one at fault fails. ``fn`` maps
     rows [N, ...] and k to a tuple of tensors [N, k] (ids, scores) and runs on one worker
@@ -33,7 +34,7 @@ class MicroBatcher:
         self,
         fn: Callable[[torch.Tensor, int], tuple[torch.Tensor, ...]],
         max_rows: int = 256,
-        max_wait_s: float = 0.005,
+        max_wait_s: float = 0.0,
     ) -> None:
         if max_rows < 1 or max_wait_s < 0:
             raise ValueError(
@@ -61,10 +62,15 @@ class MicroBatcher:
             size = len(batch[0].rows)
             deadline = loop.time() + self.max_wait_s
             while size < self.max_rows:
-                try:
-                    request = await asyncio.wait_for(self._queue.get(), deadline - loop.time())
-                except asyncio.TimeoutError:
+                if not self._queue.empty():  # those already waiting join, whatever the wait
+                    request = self._queue.get_nowait()
+                elif deadline <= loop.time():
                     break
+                else:
+                    try:
+                        request = await asyncio.wait_for(self._queue.get(), deadline - loop.time())
+                    except asyncio.TimeoutError:
+                        break
                 if size + len(request.rows) > self.max_rows:
                     await self._run(batch)
                     batch, size, deadline = [], 0, loop.time() + self.max_wait_s

@@ -13,7 +13,7 @@ SEARCHES = ("auto", "exact", "hnsw", "binary_graph")
 def load_app(
     folder: str | Path,
     max_rows: int = 256,
-    max_wait_s: float = 0.005,
+    max_wait_s: float = 0.0,
     search: str = "auto",
     ef: int = 256,
     timeout_s: float = 10.0,
