@@ -166,7 +166,7 @@ def test_bad_feature_files_are_reported_with_the_file_name(tmp_path):
 
 
 def test_sigint_writes_a_checkpoint_and_the_run_resumes(tmp_path):
-    overrides = [*TINY, "train.steps=40", "model.backbone='tests.integration.backbones:slow'"]
+    overrides = [*TINY, "train.steps=16", "model.backbone='tests.integration.backbones:slow'"]
     process = subprocess.Popen(
         [
             sys.executable,
