@@ -8,8 +8,9 @@ An export folder holds:
 - ``backbone.safetensors``: the backbone's weights;
 - ``class_weights.npy``: float32 [num_classes, dim], row i = class i; ``class_ids.npy``: int64
   [num_classes], 0..num_classes-1;
-- with ``megaclass export --index binary_graph`` (a cosine head), ``index.safetensors``: the
-  ``BinaryGraph`` over the class rows that ``megaclass serve`` searches (the manifest names it).
+- for a cosine head, the search index over the class rows that ``megaclass serve`` uses (the
+  manifest's ``index`` entry names it, ``INDEX_FILES``): ``index.faiss``, a ``FloatHNSW`` (the
+  default), or ``index.safetensors``, a ``BinaryGraph``.
 Nothing is unpickled: JSON, safetensors and plain ``.npy`` arrays only.
 """
 

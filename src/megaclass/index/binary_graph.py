@@ -25,12 +25,13 @@ Construction, as published for the distributed graph:
    so that the graph stays connected between well-separated clusters.
 
 Distributed: each rank holds a shard of the vectors (any sizes) and builds the partitions it
-owns (partition ``p`` on rank ``p % world``); members and their codes go to the owner by
-all-to-all, and the partition graphs' edges come back the same way. Merge, pruning and
-refinement run on the rank that holds the vector, against all codes and, per round, the whole
-graph (all-gathered: 4 bytes per edge). Every step depends on global ids only, so the graph is
-the same on 1, 2 or 3 ranks for the same seed; each rank ends holding the whole index. Within a
-rank the work is dense tensor operations on torch's threads.
+owns (partition ``p`` on rank ``p % world``); members and their codes (or, for the cosine
+build, their unit rows) go to the owner by all-to-all, and the partition graphs' edges come back
+the same way. Merge, pruning and refinement run on the rank that holds the vector, against all
+codes (and unit rows) and, per round, the whole graph (all-gathered: 4 bytes per edge). Every
+step depends on global ids only, so the graph is the same on 1, 2 or 3 ranks for the same seed;
+each rank ends holding the whole index. Within a rank the work is dense tensor operations on
+torch's threads.
 
 Search (``search(queries, k, ef)``): a greedy beam search keeps the ``ef`` best codes found so
 far and expands the best not yet expanded one until all are; codes are ranked by the
