@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import megaclass.logs
 from megaclass.index import BinaryIVF, binary_ivf
-from megaclass.index.binary_codes import pack_bits, popcount
+from megaclass.index.binary_codes import fit_rotation, pack_bits, popcount
 from megaclass.index.faiss_engines import faiss_available
 
 ROWS, DIM = 1003, 64
@@ -107,6 +107,17 @@ def test_itq_lowers_the_quantization_error_of_a_random_rotation():
     assert error("itq") < 0.9 * error("random")
 
 
+@pytest.mark.parametrize("kind", ["random", "itq"])
+def test_more_bits_than_dimensions_come_from_orthogonal_blocks(kind):
+    sample = F.normalize(_weights(), dim=1)  # [n, DIM]
+    rotation = fit_rotation(sample, 2 * DIM + 32, kind, torch.Generator().manual_seed(0))
+    assert rotation.shape == (DIM, 2 * DIM + 32)
+    for block in rotation.split(DIM, dim=1):
+        gram = block.t() @ block
+        assert torch.allclose(gram, torch.eye(block.shape[1]), atol=1e-4)
+    assert not torch.allclose(rotation[:, :64], rotation[:, DIM : DIM + 64], atol=0.1)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_update_equals_a_rebuild_with_the_same_quantizer(backend):
     weight = _weights()
@@ -135,8 +146,6 @@ def test_bad_settings_and_use_before_build_raise():
         BinaryIVF(rotation="pca")
     with pytest.raises(ValueError, match="backend"):
         BinaryIVF(backend="annoy")
-    with pytest.raises(ValueError, match="itq"):
-        BinaryIVF(num_bits=128, rotation="itq").build(_weights())
     with pytest.raises(RuntimeError, match="build"):
         BinaryIVF().search(torch.randn(2, DIM), 3)
     with pytest.raises(ValueError, match="k >= 1"):

@@ -95,7 +95,7 @@ class GraphSettings:
     """How a ``BinaryGraph`` is built (saved with it).
 
     num_bits: code length, a multiple of 64.
-    rotation: ``"random"`` or ``"itq"`` (needs num_bits <= dim).
+    rotation: ``"random"`` (orthogonal, in blocks of dim) or ``"itq"`` (each block learned).
     degree: neighbours kept per vector (the graph's out-degree).
     candidates: candidates per vector offered to the pruning (from the partition graphs, the
         reverse edges and each refinement round); at least ``degree``.

@@ -53,7 +53,7 @@ class BinaryIVF:
 
     num_bits: code length, a multiple of 64.
     num_lists: coarse lists; 0 = round(sqrt(rows)).
-    rotation: ``"random"`` (orthogonal when num_bits <= dim) or ``"itq"`` (needs num_bits <= dim).
+    rotation: ``"random"`` (orthogonal, in blocks of dim) or ``"itq"`` (each block learned).
     backend: the Hamming scan: ``"torch"`` (tensor ops, any device), ``"faiss"`` (CPU, faiss's
         IndexBinaryIVF over the same codes and lists: faster, ``docs/benchmarks.md``) or ``"auto"``
         (faiss for CPU weights when it is installed). ``self.backend`` says which is used.
