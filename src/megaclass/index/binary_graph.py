@@ -117,7 +117,7 @@ class GraphSettings:
     seed: the sample, rotation and k-means initialisation.
     """
 
-    num_bits: int = 128
+    num_bits: int = 256
     rotation: str = "random"
     degree: int = 32
     candidates: int = 64
