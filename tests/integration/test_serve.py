@@ -206,6 +206,8 @@ def test_internal_errors_deadlines_and_big_bodies_spare_the_other_requests(expor
         big = {"embeddings": [[0.0] * 32] * 100, "k": 3}
         answer = httpx.post(f"{url}/v1/search", json=big)
         assert answer.status_code == 413 and "at most 4,096 bytes" in answer.text
+        chunked = httpx.post(f"{url}/v1/search", content=iter([b'{"embeddings": [[0.0]]}']))
+        assert chunked.status_code == 411 and "Content-Length" in chunked.text
         # a failing request among good ones, batched together: only it fails
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             bodies = [good, good, bad, good, good, good]

@@ -8,9 +8,9 @@ Wire format (clients rely on it):
 - ``GET /v1/info``: ``num_classes``, ``embedding_dim``, ``input_dim``, ``input_dtype``,
   ``index`` (the search and its settings), ``model_version`` (the export's training step);
 - ``GET /healthz``: 200 once the model is loaded (the app exists only then).
-A malformed request gets 422 with the reason, a body over ``max_body_bytes`` 413, a request
-not answered within ``timeout_s`` 503, an internal error 500 with an ``error_id`` that the log
-names with the traceback. Concurrent requests are batched (``MicroBatcher``); the classes are
+A malformed request gets 422 with the reason, a body over ``max_body_bytes`` 413 (a POST
+without a declared length 411), a request not answered within ``timeout_s`` 503, an internal
+error 500 with an ``error_id`` that the log names with the traceback. Concurrent requests are batched (``MicroBatcher``); the classes are
 ranked by a ``Searcher`` (exact, or the export's graph index). The OpenAPI description is at
 ``/openapi.json`` (``/docs`` renders it).
 """
@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import uuid
 
 import torch
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from megaclass.inference import TrainedModel
 from megaclass.serve.batching import MicroBatcher
@@ -83,16 +86,7 @@ def create_app(
         title="megaclass", summary="top-k classes of a trained megaclass model", lifespan=lifespan
     )
     app.state.batchers = {"predict": predict_batcher, "search": search_batcher}
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            return JSONResponse(
-                {"detail": f"the body must be at most {max_body_bytes:,} bytes, got {length}"},
-                status_code=413,
-            )
-        return await call_next(request)
+    app.add_middleware(_DeclaredBodyLimit, max_bytes=max_body_bytes)
 
     async def answer(batcher: MicroBatcher, rows: torch.Tensor, k: int, path: str):
         try:
@@ -128,14 +122,14 @@ def create_app(
         }
 
     @app.post("/v1/predict", response_model=TopK)
-    async def predict_endpoint(request: PredictRequest) -> TopK:
+    async def predict_endpoint(request: PredictRequest) -> Response:
         dtype = torch.int64 if described.input_dtype == "int64" else torch.float32
         rows = _rows(request.inputs, described.input_dim, "inputs", dtype)
         k = _checked_k(request.k, described.num_classes)
         return await answer(predict_batcher, rows, k, "/v1/predict")
 
     @app.post("/v1/search", response_model=TopK)
-    async def search_endpoint(request: SearchRequest) -> TopK:
+    async def search_endpoint(request: SearchRequest) -> Response:
         rows = _rows(request.embeddings, described.embedding_dim, "embeddings", torch.float32)
         k = _checked_k(request.k, described.num_classes)
         return await answer(search_batcher, rows, k, "/v1/search")
@@ -164,6 +158,33 @@ def _checked_k(k: int, num_classes: int) -> int:
     return k
 
 
-def _top_k(outputs: tuple[torch.Tensor, torch.Tensor]) -> TopK:
+def _top_k(outputs: tuple[torch.Tensor, torch.Tensor]) -> Response:
+    """The ``TopK`` body, encoded here: FastAPI would validate the built lists against the
+    model again before encoding them."""
     ids, scores = outputs
-    return TopK(ids=ids.tolist(), scores=scores.float().tolist())
+    body = {"ids": ids.tolist(), "scores": scores.float().tolist()}
+    text = json.dumps(body, separators=(",", ":"), allow_nan=False)  # no -inf in JSON: a 500
+    return Response(text, media_type="application/json")
+
+
+class _DeclaredBodyLimit:
+    """Before a body is read: 413 naming the limit when its declared length is over it, 411
+    when a POST declares none (a chunked body could be of any size). Plain ASGI:
+    ``@app.middleware("http")`` costs a task and a stream per request."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = Headers(scope=scope).get("content-length")
+            refusal = None
+            if length is None and scope["method"] == "POST":
+                refusal = 411, "the request must declare its Content-Length"
+            elif length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+                refusal = 413, f"the body must be at most {self.max_bytes:,} bytes, got {length}"
+            if refusal:
+                status, detail = refusal
+                await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
