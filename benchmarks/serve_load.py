@@ -107,7 +107,9 @@ class Server:
         ]
 
     def __enter__(self) -> str:
-        self.process = subprocess.Popen(self.command, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
