@@ -1,6 +1,7 @@
 """BinaryGraph against the search libraries people use, on the same vectors and queries. Usage:
     index.py RUN OUT_JSON [--queries 2000] [--threads 2] [--engines a,b,...] [--limit N]
     index.py --synthetic N OUT_JSON [...]     (class points of the synthetic catalogue, N of them)
+    index.py ... --queries 0                  (build only: build time and bytes per vector)
 
 RUN is a run folder (a trained model): the vectors are its class weights, the queries the
 backbone's embeddings of held-out samples. With ``--synthetic N`` the vectors are the synthetic
@@ -51,7 +52,7 @@ def main() -> None:
     parser.add_argument("run", nargs="?", type=Path, help="a trained run folder")
     parser.add_argument("out", type=Path, help="the JSON to write")
     parser.add_argument("--synthetic", type=int, default=0, help="N synthetic class points")
-    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--queries", type=int, default=2000, help="0: build only")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--limit", type=int, default=0, help="index only the first N vectors")
@@ -117,8 +118,11 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def sweep(search, settings, queries, truth) -> list[dict]:
-    """recall@10 and QPS of ``search(queries, setting)`` for each setting, until recall 0.999."""
+    """recall@10 and QPS of ``search(queries, setting)`` for each setting, until recall 0.999
+    (none without queries: a build-only run)."""
     points = []
+    if len(queries) == 0:
+        return points
     for setting in settings:
         search(queries[:64], setting)  # warm
         start = time.perf_counter()
@@ -333,11 +337,11 @@ def write_table(result: dict, path: Path) -> None:
             continue
         qps = [best_qps(record["points"], t) for t in TARGETS]
         cells = ["-" if q is None else f"{q:,.0f}" for q in qps]
-        top = max(p["recall"] for p in record["points"])
+        top = max((p["recall"] for p in record["points"]), default=None)
         lines.append(
             f"| {record['engine']} | {record['build_s']:.1f} | {record['bytes_per_vector']:.0f} | "
             + " | ".join(cells)
-            + f" | {top:.3f} |"
+            + (" | - |" if top is None else f" | {top:.3f} |")
         )
     path.write_text("\n".join(lines) + "\n")
 
@@ -355,6 +359,8 @@ def write_plot(result: dict, path: Path) -> None:
         if "skipped" in record:
             continue
         points = record["points"]
+        if not points:
+            continue
         axes.plot(
             [p["recall"] for p in points], [p["qps"] for p in points], "o-", label=record["engine"]
         )
