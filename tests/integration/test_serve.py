@@ -179,14 +179,18 @@ def test_the_binary_graph_index_answers_the_same_and_a_missing_index_is_named(ex
 
 
 class _Broken(ExactSearch):
-    """Fails on a row whose first value is 999 (an internal error), sleeps on one of 555."""
+    """Fails on a row whose first value is 999 (an internal error), sleeps on one of 555, finds
+    one class fewer than k for one of 777 (as a graph index may)."""
 
     def search(self, embeddings, k):
         if (embeddings[:, 0] == 999).any():
             raise RuntimeError("the index is broken")
         if (embeddings[:, 0] == 555).any():
             time.sleep(1.0)
-        return super().search(embeddings, k)
+        ids, scores = super().search(embeddings, k)
+        short = embeddings[:, 0] == 777
+        ids[short, -1], scores[short, -1] = -1, float("-inf")
+        return ids, scores
 
 
 def test_internal_errors_deadlines_and_big_bodies_spare_the_other_requests(export, caplog):
@@ -203,6 +207,8 @@ def test_internal_errors_deadlines_and_big_bodies_spare_the_other_requests(expor
         assert answer.status_code == 500 and answer.json()["error_id"] in caplog.text
         answer = httpx.post(f"{url}/v1/search", json=slow)
         assert answer.status_code == 503 and "within 0.5 s" in answer.text
+        short = httpx.post(f"{url}/v1/search", json={"embeddings": [[777.0] * 32], "k": 3}).json()
+        assert short["ids"][0][2] == -1 and short["scores"][0][2] is None
         big = {"embeddings": [[0.0] * 32] * 100, "k": 3}
         answer = httpx.post(f"{url}/v1/search", json=big)
         assert answer.status_code == 413 and "at most 4,096 bytes" in answer.text

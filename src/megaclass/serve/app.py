@@ -10,8 +10,9 @@ Wire format (clients rely on it):
 - ``GET /healthz``: 200 once the model is loaded (the app exists only then).
 A malformed request gets 422 with the reason, a body over ``max_body_bytes`` 413 (a POST
 without a declared length 411), a request not answered within ``timeout_s`` 503, an internal
-error 500 with an ``error_id`` that the log names with the traceback. Concurrent requests are batched (``MicroBatcher``); the classes are
-ranked by a ``Searcher`` (exact, or the export's graph index). The OpenAPI description is at
+error 500 with an ``error_id`` that the log names with the traceback. Concurrent requests are
+batched (``MicroBatcher``); the classes are ranked by a ``Searcher`` (exact, or the export's
+graph index). The OpenAPI description is at
 ``/openapi.json`` (``/docs`` renders it).
 """
 
@@ -50,8 +51,11 @@ class SearchRequest(BaseModel):
 
 
 class TopK(BaseModel):
-    ids: list[list[int]] = Field(description="class ids per row, best first")
-    scores: list[list[float]] = Field(description="their scores (cosine x scale or dot product)")
+    ids: list[list[int]] = Field(description="class ids per row, best first; -1 past the end")
+    scores: list[list[float | None]] = Field(
+        description="their scores (cosine x scale or dot product); null where an index found "
+        "fewer than k classes"
+    )
 
 
 def create_app(
@@ -162,8 +166,10 @@ def _top_k(outputs: tuple[torch.Tensor, torch.Tensor]) -> Response:
     """The ``TopK`` body, encoded here: FastAPI would validate the built lists against the
     model again before encoding them."""
     ids, scores = outputs
-    body = {"ids": ids.tolist(), "scores": scores.float().tolist()}
-    text = json.dumps(body, separators=(",", ":"), allow_nan=False)  # no -inf in JSON: a 500
+    values = scores.float().tolist()
+    if not torch.isfinite(scores).all():  # -inf where an index found fewer than k: JSON null
+        values = [[v if math.isfinite(v) else None for v in row] for row in values]
+    text = json.dumps({"ids": ids.tolist(), "scores": values}, separators=(",", ":"))
     return Response(text, media_type="application/json")
 
 
