@@ -1,8 +1,8 @@
 """What limits BinaryGraph's recall: the codes or the graph. Usage:
     index_diagnosis.py codes RUN [--limit 100000]     # the true top-10 in the best R by code
     index_diagnosis.py coverage RUN [--limit 100000]  # true neighbours sharing a partition
-    index_diagnosis.py graph RUN [KEY=VALUE ...]      # one build (GraphSettings keys), its graph
-                                                      # searched by the floats and by the codes
+    index_diagnosis.py graph RUN [KEY=VALUE ...] [--search-passes N]   # one build (GraphSettings
+                          # keys), then N search passes; each graph searched by floats and codes
 
 RUN is a trained run folder (``runs/default``): the vectors are its class weights (the first
 ``--limit`` rows), the queries the backbone's embeddings of held-out samples, the truth their
@@ -23,7 +23,14 @@ import torch.nn.functional as F
 
 from megaclass.index import BinaryGraph
 from megaclass.index.binary_codes import encode, fit_rotation
-from megaclass.index.binary_graph import binary_kmeans, nearest_codes
+from megaclass.index.binary_graph import (
+    BuildDistance,
+    _nearest_per_node,
+    _with_far_links,
+    _with_reverse_edges,
+    binary_kmeans,
+    nearest_codes,
+)
 
 K = 10
 EFS = (128, 256, 512, 1024)
@@ -36,6 +43,7 @@ def main() -> None:
     parser.add_argument("settings", nargs="*", help="GraphSettings as KEY=VALUE (graph only)")
     parser.add_argument("--limit", type=int, default=100_000, help="index the first N rows")
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--search-passes", type=int, default=0, help="graph: passes after it")
     args = parser.parse_args()
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
@@ -49,7 +57,8 @@ def main() -> None:
     elif args.what == "coverage":
         coverage(vectors)
     else:
-        graph(vectors, queries, dict(_setting(item) for item in args.settings))
+        settings = dict(_setting(item) for item in args.settings)
+        graph(vectors, queries, settings, args.search_passes)
 
 
 def _setting(item: str) -> tuple[str, object]:
@@ -122,27 +131,70 @@ def coverage(vectors: torch.Tensor) -> None:
             print(f"{line} float k-means {shared(parts):.3f}", flush=True)
 
 
-def graph(vectors: torch.Tensor, queries: torch.Tensor, settings: dict) -> None:
-    """One build; its graph searched by the float vectors (faiss walking our graph as the only
-    level of an HNSWFlat) and by the codes (BinaryGraph.search)."""
+def graph(vectors: torch.Tensor, queries: torch.Tensor, settings: dict, passes: int) -> None:
+    """One build, then ``passes`` search passes (a prototype: each vector searches the graph
+    with its own float vector, its ``candidates`` found join its near links, then the build's
+    pruning, reverse edges, pruning and long links); after each, the graph searched by the float
+    vectors (faiss walking it) and by the codes (``BinaryGraph.search``)."""
     truth = top10(vectors, queries)
     began = time.perf_counter()
     index = BinaryGraph(**settings).build(vectors)
-    line = f"{settings} build {time.perf_counter() - began:.0f} s:"
-    floats = faiss.IndexHNSWFlat(
+    print(f"{settings} build {time.perf_counter() - began:.0f} s", flush=True)
+    report("as built", index, vectors, queries, truth)
+    space = BuildDistance("cosine", vectors, index.settings.num_bits, unit=True)
+    nodes = torch.arange(len(vectors))
+    for number in range(1, passes + 1):
+        began = time.perf_counter()
+        walker = float_walker(index, vectors)
+        walker.hnsw.efSearch = 64
+        found = torch.from_numpy(walker.search(vectors.numpy(), index.settings.candidates)[1])
+        searched = time.perf_counter() - began
+        offered = torch.cat([index.graph.long()[:, : index.near_degree], found], 1)  # [N, c]
+        valid = (offered >= 0) & (offered != nodes[:, None])
+        src, dst = nodes[:, None].expand_as(offered)[valid], offered[valid]
+        distances = space.distances((vectors[src] * vectors[dst]).sum(1))
+        keep = index.settings.candidates
+        links, dists = index._prune(
+            *_nearest_per_node(src, dst, distances, len(vectors), keep, space.far), space
+        )
+        candidates = _with_reverse_edges(
+            links, dists, links, dists, 0, len(vectors), keep, space.far
+        )
+        links = index._prune(*candidates, space)[0]
+        index.graph = _with_far_links(links, index._random_edges(0, len(vectors))).to(torch.int32)
+        index._faiss = None
+        took = time.perf_counter() - began
+        report(
+            f"pass {number} (search {searched:.0f} s, all {took:.0f} s)",
+            index,
+            vectors,
+            queries,
+            truth,
+        )
+
+
+def float_walker(index: BinaryGraph, vectors: torch.Tensor):
+    """faiss's HNSWFlat over the unit ``vectors`` with ``index``'s graph as its only level."""
+    walker = faiss.IndexHNSWFlat(
         vectors.shape[1], index.graph.shape[1] // 2, faiss.METRIC_INNER_PRODUCT
     )
-    floats.storage.add(vectors.numpy())
-    floats.ntotal = len(vectors)
-    hnsw = floats.hnsw
+    walker.storage.add(vectors.numpy())
+    walker.ntotal = len(vectors)
+    hnsw = walker.hnsw
     faiss.copy_array_to_vector(np.ones(len(vectors), dtype=np.int32), hnsw.levels)
     hnsw.prepare_level_tab(len(vectors), True)
     links = faiss.rev_swig_ptr(hnsw.neighbors.data(), hnsw.neighbors.size())
     links[:] = index.graph.numpy().reshape(-1)
     hnsw.entry_point, hnsw.max_level = int(index.medoids[0]), 0
+    return walker
+
+
+def report(tag: str, index: BinaryGraph, vectors, queries, truth) -> None:
+    walker = float_walker(index, vectors)
+    line = f"{tag}:"
     for ef in EFS:
-        hnsw.efSearch = ef
-        by_floats = torch.from_numpy(floats.search(queries.numpy(), K)[1])
+        walker.hnsw.efSearch = ef
+        by_floats = torch.from_numpy(walker.search(queries.numpy(), K)[1])
         by_codes = index.search(queries, K, ef=ef)[1]
         line += (
             f" ef {ef} floats {recall(by_floats, truth):.3f} codes {recall(by_codes, truth):.3f};"
