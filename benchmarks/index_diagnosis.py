@@ -152,7 +152,12 @@ def graph(vectors: torch.Tensor, queries: torch.Tensor, settings: dict, passes: 
         offered = torch.cat([index.graph.long()[:, : index.near_degree], found], 1)  # [N, c]
         valid = (offered >= 0) & (offered != nodes[:, None])
         src, dst = nodes[:, None].expand_as(offered)[valid], offered[valid]
-        distances = space.distances((vectors[src] * vectors[dst]).sum(1))
+        distances = torch.cat(  # in blocks of 2^20 pairs (0.5 GB of rows at dim 128)
+            [
+                space.distances((vectors[s] * vectors[d]).sum(1))
+                for s, d in zip(src.split(1 << 20), dst.split(1 << 20), strict=True)
+            ]
+        )
         keep = index.settings.candidates
         links, dists = index._prune(
             *_nearest_per_node(src, dst, distances, len(vectors), keep, space.far), space
