@@ -3,10 +3,13 @@ saving and loading, bad input."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from megaclass.index import binary_graph
 from megaclass.index.binary_codes import asymmetric_cosine, popcount, project, unpack_signs
 from megaclass.index.binary_graph import BinaryGraph, BuildDistance, GraphSettings, partition_knn
 from megaclass.index.faiss_engines import faiss_available
@@ -85,6 +88,38 @@ def test_each_partition_graph_is_the_exact_knn_by_hamming_or_cosine():
     assert torch.allclose(distances / 2**14, true.gather(1, neighbours), atol=1e-4)
     between = cosine.between(neighbours, torch.arange(300))  # another product: +-1 step
     assert (between - distances).abs().max() <= 1
+
+
+def test_the_partition_edges_folded_in_rounds_give_the_same_graph(built, monkeypatch):
+    vectors = built[1]
+    partitions_only = dataclasses.replace(SMALL, search_passes=0)
+    once = BinaryGraph(partitions_only, backend="torch").build(vectors)
+    monkeypatch.setattr(binary_graph, "_EDGES_PER_ROUND", 5000)  # ~10 rounds instead of one
+    again = BinaryGraph(partitions_only, backend="torch").build(vectors)
+    assert torch.equal(again.graph, once.graph)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_search_pass_finds_the_neighbours_no_partition_held(engine):
+    """Unclustered vectors in partitions of 100: a vector shares a partition with few of its
+    true neighbours, and searching the graph for each vector finds most of the rest."""
+    vectors = torch.randn(2000, 32, generator=torch.Generator().manual_seed(0))
+    unit = F.normalize(vectors, dim=1)
+    truth = (unit @ unit.t()).fill_diagonal_(-2).topk(10, 1).indices
+
+    def share_of_true_neighbours_linked(passes: int) -> float:
+        settings = GraphSettings(
+            num_bits=64, degree=16, candidates=32, partition_size=100, search_passes=passes
+        )
+        graph = BinaryGraph(settings, backend=engine).build(vectors).graph.long()
+        near = graph[:, : settings.degree - settings.random_edges]
+        return float((near[:, :, None] == truth[:, None, :]).any(1).float().mean())
+
+    partitions_only, one_pass = (
+        share_of_true_neighbours_linked(0),
+        share_of_true_neighbours_linked(1),
+    )
+    assert partitions_only < 0.4 and one_pass > max(0.65, 2 * partitions_only)
 
 
 @pytest.mark.parametrize("engine", ENGINES)

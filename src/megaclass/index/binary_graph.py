@@ -22,16 +22,21 @@ Construction, as published for the distributed graph:
 5. **refinement by neighbourhood propagation**: each vector's neighbours' neighbours are offered
    as candidates and the list is cut again, ``refine_rounds`` times;
 6. **long links**: ``random_edges`` links per vector to uniformly drawn vectors, never pruned,
-   so that the graph stays connected between well-separated clusters.
+   so that the graph stays connected between well-separated clusters;
+7. **search passes**: every vector searches the graph so far for itself (the search below, beam
+   ``candidates``); what it finds joins its links, and step 4 runs again on those lists,
+   ``search_passes`` times. On vectors whose near neighbours are scattered over many partitions
+   (trained class weights at 10^6) the partition graphs hold few of them, and this is what
+   finds the rest, as an insertion into an HNSW does.
 
 Distributed: each rank holds a shard of the vectors (any sizes) and builds the partitions it
 owns (partition ``p`` on rank ``p % world``); members and their codes (or, for the cosine
 build, their unit rows) go to the owner by all-to-all, and the partition graphs' edges come back
-the same way. Merge, pruning and refinement run on the rank that holds the vector, against all
-codes (and unit rows) and, per round, the whole graph (all-gathered: 4 bytes per edge). Every
-step depends on global ids only, so the graph is the same on 1, 2 or 3 ranks for the same seed;
-each rank ends holding the whole index. Within a rank the work is dense tensor operations on
-torch's threads.
+the same way. Merge, pruning, refinement and the search passes run on the rank that holds the
+vector, against all codes (and unit rows) and, per round, the whole graph (all-gathered: 4
+bytes per edge). Every step depends on global ids only, so the graph is the same on 1, 2 or 3
+ranks for the same seed; each rank ends holding the whole index. Within a rank the work is
+dense tensor operations on torch's threads (the search passes: the search engine's).
 
 Search (``search(queries, k, ef)``): a greedy beam search keeps the ``ef`` best codes found so
 far and expands the best not yet expanded one until all are; codes are ranked by the
@@ -80,6 +85,7 @@ _SAMPLE = 65_536  # vectors sampled to fit the rotation and the partitions
 _KMEANS_ITERATIONS = 10
 _ROW_BLOCK = 2048  # vectors handled at once by the partition k-NN and the pruning
 _GATHERED_CODES = 1 << 19  # candidate codes gathered at once by the refinement
+_EDGES_PER_ROUND = 1 << 27  # partition graph edges a rank sends back at once (3 GB)
 _CODE_BLOCK = 1 << 16  # vectors encoded or compared with the centroids at once
 _SEARCH_BLOCK = 256  # queries searched at once (a visited bitmap of N / 8 bytes each)
 _EMPTY = torch.iinfo(torch.int64).max  # the key of an empty beam slot
@@ -108,6 +114,10 @@ class GraphSettings:
     alpha: the pruning's slack (Vamana): a candidate is dropped when a kept neighbour is
         ``alpha`` times nearer to it than the vector is; > 1 keeps more long edges.
     refine_rounds: rounds of neighbourhood propagation after the merge.
+    search_passes: passes in which every vector searches the graph built so far (by its code's
+        asymmetric score, beam ``candidates``), the vectors found join its links, and the lists
+        are made mutual and pruned again: what finds a vector's true neighbours that no
+        partition it joined holds (``benchmarks/results/index.md``).
     entry_points: a search starts from the medoids of the query's nearest partitions, this many.
     build_distance: what the construction ranks neighbours by: ``"cosine"`` between the float
         vectors (each rank then holds all vectors' unit rows, 4 D bytes each, while it builds) or
@@ -126,6 +136,7 @@ class GraphSettings:
     random_edges: int = 4
     alpha: float = 1.2
     refine_rounds: int = 0
+    search_passes: int = 1
     entry_points: int = 4
     build_distance: str = "cosine"
     seed: int = 0
@@ -136,10 +147,16 @@ class GraphSettings:
             raise ValueError(
                 f"need degree >= 1 and candidates >= degree, got {self.degree}, {self.candidates}"
             )
-        if self.partition_size < 2 or self.overlap < 1 or self.refine_rounds < 0:
+        if (
+            self.partition_size < 2
+            or self.overlap < 1
+            or self.refine_rounds < 0
+            or self.search_passes < 0
+        ):
             raise ValueError(
-                "need partition_size >= 2, overlap >= 1, refine_rounds >= 0; got "
-                f"{self.partition_size}, {self.overlap}, {self.refine_rounds}"
+                "need partition_size >= 2, overlap >= 1, refine_rounds >= 0, search_passes >= "
+                f"0; got {self.partition_size}, {self.overlap}, {self.refine_rounds}, "
+                f"{self.search_passes}"
             )
         if self.random_edges < 0 or self.random_edges >= self.degree or self.alpha < 1:
             raise ValueError(
@@ -239,24 +256,51 @@ class BinaryGraph:
             everyone = gather_rows(local, sizes, group)  # [N, D]
             space = BuildDistance("cosine", everyone, settings.num_bits, unit=True)
         packed = space.packed(local)
-        src, dst, distances = self._partition_edges(mine, packed, start, sizes, group, space)
-        stop, keep = start + len(vectors), settings.candidates
-        ids, dists = _nearest_per_node(src - start, dst, distances, len(vectors), keep, space.far)
-        near = self.near_degree  # the nearest partition neighbours stand for the first graph
-        graph, dists = ids[:, :near], dists[:, :near]
-        for round_ in range(settings.refine_rounds + 1):
-            whole = gather_rows(graph, sizes, group), gather_rows(dists, sizes, group)
-            if round_ == 0:  # make the lists mutual: every edge offered back
-                candidates = _with_reverse_edges(graph, dists, *whole, start, stop, keep, space.far)
-            else:
-                candidates = self._propagated(start, graph, whole[0], space)
-            graph, dists = self._prune(*candidates, space)
-        graph = _with_far_links(graph, self._random_edges(start, len(graph)))
-        self.graph = gather_rows(graph, sizes, group).to(torch.int32)
+        graph, dists = self._partition_lists(mine, packed, start, sizes, group, space)
+        graph, dists = self._mutual_pruned(graph, dists, start, sizes, group, space)
+        for _ in range(settings.refine_rounds):
+            whole = gather_rows(graph, sizes, group)
+            graph, dists = self._prune(*self._propagated(start, graph, whole, space), space)
+        far = self._random_edges(start, len(graph))
         self.medoids = self._medoids()
         self.vectors = vectors if world == 1 else None
-        self._faiss = None
+        for _ in range(settings.search_passes):
+            self._set_graph(_with_far_links(graph, far), sizes, group)
+            found = self.recall(project(vectors, self.rotation), settings.candidates)[1]
+            graph, dists = self._searched(start, graph, found, space)
+            graph, dists = self._mutual_pruned(graph, dists, start, sizes, group, space)
+        self._set_graph(_with_far_links(graph, far), sizes, group)
         return self
+
+    def _set_graph(self, graph: torch.Tensor, sizes: list[int], group) -> None:
+        """This rank's rows of the graph [n, degree] -> the whole graph, on every rank."""
+        self.graph = gather_rows(graph, sizes, group).to(torch.int32)
+        self._faiss = None
+
+    def _mutual_pruned(self, graph, dists, start, sizes, group, space):
+        """Lists [n, near] made mutual (every edge offered back to its target) and pruned:
+        -> (ids [n, near], dists [n, near]), nearest first."""
+        whole = gather_rows(graph, sizes, group), gather_rows(dists, sizes, group)
+        stop, keep = start + len(graph), self.settings.candidates
+        candidates = _with_reverse_edges(graph, dists, *whole, start, stop, keep, space.far)
+        return self._prune(*candidates, space)
+
+    def _searched(self, start, graph, found, space):
+        """A search pass's lists: the nearest ``near`` by ``space`` of each vector's links
+        graph [n, near] and of the vectors a search for it found, found [n, c] (-1 padded):
+        -> (ids [n, near], dists [n, near]), nearest first."""
+        offered = torch.cat([graph, found], 1)  # [n, near + c]
+        nodes = torch.arange(start, start + len(graph))
+        valid = (offered >= 0) & (offered != nodes[:, None])
+        total, rows = len(self.codes), max(1, _GATHERED_CODES // offered.shape[1])
+        ids = torch.empty(len(graph), self.near_degree, dtype=torch.int64)
+        dists = torch.empty_like(ids)
+        for first in range(0, len(graph), rows):
+            block = slice(first, first + rows)
+            distances = space.between(offered[block].clamp_min(0), nodes[block])
+            keys = torch.where(valid[block], distances * total + offered[block], _EMPTY)
+            ids[block], dists[block] = _unique_nearest(keys, self.near_degree, total, space.far)
+        return ids, dists
 
     def _encode(self, vectors: torch.Tensor) -> torch.Tensor:
         return torch.cat(
@@ -266,11 +310,14 @@ class BinaryGraph:
             ]
         )
 
-    def _partition_edges(self, mine, packed, start, sizes, group, space):
-        """The exact k-NN edges (by ``space``'s distance) inside every partition, for this
-        rank's vectors, codes mine [n, W] and rows ``packed`` by ``space``: (src [E], dst [E],
-        distance [E]) global ids, each vector's own lists from all its partitions. Two
-        all-to-alls: members to their partitions' owners, edges back."""
+    def _partition_lists(self, mine, packed, start, sizes, group, space):
+        """Each of this rank's vectors' ``near`` nearest (by ``space``) over the exact k-NN
+        lists of all partitions it joined: codes mine [n, W], rows ``packed`` by ``space`` ->
+        (ids [n, near] global, dists [n, near]), nearest first, -1 / far padded.
+
+        Members go to their partitions' owners by one all-to-all; the partition graphs' edges
+        come back in rounds of at most ``_EDGES_PER_ROUND`` (the same number of rounds on every
+        rank), each folded into the lists, so that memory stays bounded at 10^7 vectors."""
         _, world = rank_and_size(group)
         parts = nearest_codes(mine, self.centroids, self.settings.overlap)  # [n, t]
         ids = torch.arange(start, start + len(mine)).repeat_interleave(parts.shape[1])
@@ -280,32 +327,47 @@ class BinaryGraph:
         owner = records[:, 0] % world
         arrived = torch.cat(exchange_rows([records[owner == r] for r in range(world)], group))
         arrived = arrived[torch.argsort(arrived[:, 0] * sum(sizes) + arrived[:, 1])]  # by part, id
-        _, counts = torch.unique_consecutive(arrived[:, 0], return_counts=True)
-        src, dst, dist_ = [], [], []
-        progress = ProgressLog(_log, "binary graph partitions", len(arrived), unit="vectors")
-        first = 0
-        for count in counts.tolist():
-            members = arrived[first : first + count]
-            points = space.unpacked(members[:, 2:])
-            neighbours, distances = partition_knn(points, self.settings.candidates, space)
-            src.append(members[:, 1].repeat_interleave(neighbours.shape[1]))
-            dst.append(members[:, 1][neighbours].flatten())
-            dist_.append(distances.flatten())
-            first += count
-            progress.update(first)
-        progress.finish()
-        edges = torch.stack(
-            [
-                torch.cat(src or [torch.empty(0, dtype=torch.int64)]),
-                torch.cat(dst or [torch.empty(0, dtype=torch.int64)]),
-                torch.cat(dist_ or [torch.empty(0, dtype=torch.int64)]),
-            ],
-            1,
-        )
+        counts = torch.unique_consecutive(arrived[:, 0], return_counts=True)[1].tolist()
+        near, far, n = self.near_degree, space.far, len(mine)
+        most = max(row[0] for row in all_gather_ints([len(arrived) * near], group))
+        rounds = max(1, -(-most // _EDGES_PER_ROUND))
+        lists = torch.full((n, near), -1, dtype=torch.int64), torch.full((n, near), far)
         bounds = torch.tensor(sizes).cumsum(0)
-        holder = torch.searchsorted(bounds, edges[:, 0].contiguous(), right=True)
-        back = torch.cat(exchange_rows([edges[holder == r] for r in range(world)], group))
-        return back[:, 0], back[:, 1], back[:, 2]
+        progress = ProgressLog(_log, "binary graph partitions", len(arrived), unit="vectors")
+        first, done = 0, 0
+        for round_ in range(rounds):
+            edges = [torch.empty(0, 3, dtype=torch.int64)]
+            while first < len(arrived) and first * rounds < (round_ + 1) * len(arrived):
+                count = counts[done]
+                members = arrived[first : first + count]
+                neighbours, distances = partition_knn(space.unpacked(members[:, 2:]), near, space)
+                edges.append(
+                    torch.stack(
+                        [
+                            members[:, 1].repeat_interleave(neighbours.shape[1]),
+                            members[:, 1][neighbours].flatten(),
+                            distances.flatten(),
+                        ],
+                        1,
+                    )
+                )
+                first, done = first + count, done + 1
+                progress.update(first)
+            edges = torch.cat(edges)
+            holder = torch.searchsorted(bounds, edges[:, 0].contiguous(), right=True)
+            back = torch.cat(exchange_rows([edges[holder == r] for r in range(world)], group))
+            held = lists[0] >= 0
+            rows = torch.arange(n)[:, None].expand_as(lists[0])[held]
+            lists = _nearest_per_node(
+                torch.cat([rows, back[:, 0] - start]),
+                torch.cat([lists[0][held], back[:, 1]]),
+                torch.cat([lists[1][held], back[:, 2]]),
+                n,
+                near,
+                far,
+            )
+        progress.finish()
+        return lists
 
     def _random_edges(self, start: int, count: int) -> torch.Tensor:
         """``random_edges`` uniformly drawn other vectors for each of nodes [start, start +
@@ -338,10 +400,9 @@ class BinaryGraph:
             candidates, to_node = ids[block], dists[block]  # [b, M]
             valid = candidates >= 0
             points = space.points(candidates.clamp_min(0))  # [b, M, F]
-            between = space.distances(torch.bmm(points, points.transpose(1, 2)))  # [b, M, M]
+            dots = torch.bmm(points, points.transpose(1, 2))  # [b, M, M], symmetric
             # closer[:, i, j]: candidate j is alpha times nearer to candidate i than the node is
-            closer = (self.settings.alpha * between < to_node[:, None, :]).transpose(1, 2)
-            closer = closer.contiguous()
+            closer = dots > space.nearer_than(to_node, self.settings.alpha)[:, :, None]
             kept = torch.zeros_like(valid)
             count = torch.zeros(len(candidates), dtype=torch.int64)
             for i in range(candidates.shape[1]):
@@ -695,7 +756,7 @@ class BuildDistance:
 
     def points(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [...] (>= 0) -> points [..., F] fp32."""
-        picked = self.rows[ids.flatten()]
+        picked = self.rows.index_select(0, ids.flatten())
         if self.kind == "hamming":
             points = unpack_signs(picked)
         else:
@@ -707,6 +768,13 @@ class BuildDistance:
         if self.kind == "hamming":
             return ((self.num_bits - dots) / 2).round_().long()
         return ((1 - dots) * _COSINE_LEVELS).round_().clamp_min_(0).long()
+
+    def nearer_than(self, distances: torch.Tensor, alpha: float) -> torch.Tensor:
+        """The dot product of points above which their distance is below ``distances / alpha``
+        (int64 [...] -> fp32 [...]): a comparison of dot products instead of distances."""
+        if self.kind == "hamming":
+            return self.num_bits - 2 * distances.float() / alpha
+        return 1 - distances.float() / (alpha * _COSINE_LEVELS)
 
     def between(self, ids: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         """Distances of rows ids [b, c] (>= 0) to rows nodes [b]: -> [b, c] int64."""
