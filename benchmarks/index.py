@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ ENGINES = (
     "binary_graph",
     "binary_graph_torch",
     "binary_graph_hamming_build",
+    "binary_graph_partitions_only",
     "hnswlib",
     "faiss_hnsw",
     "faiss_binary_hnsw",
@@ -58,6 +60,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="index only the first N vectors")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # build progress
     vectors, queries = load_vectors(args)
     vectors = np.ascontiguousarray(F.normalize(vectors, dim=1).numpy())
     queries = np.ascontiguousarray(F.normalize(queries, dim=1).numpy())
@@ -309,6 +312,7 @@ RUNNERS = {
     "binary_graph": run_binary_graph,
     "binary_graph_torch": lambda *a: run_binary_graph(*a, backend="torch"),
     "binary_graph_hamming_build": lambda *a: run_binary_graph(*a, build_distance="hamming"),
+    "binary_graph_partitions_only": lambda *a: run_binary_graph(*a, search_passes=0),
     "hnswlib": run_hnswlib,
     "faiss_hnsw": run_faiss_hnsw,
     "faiss_binary_hnsw": run_faiss_binary_hnsw,

@@ -56,6 +56,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -256,19 +257,30 @@ class BinaryGraph:
             everyone = gather_rows(local, sizes, group)  # [N, D]
             space = BuildDistance("cosine", everyone, settings.num_bits, unit=True)
         packed = space.packed(local)
+        began = time.perf_counter()
         graph, dists = self._partition_lists(mine, packed, start, sizes, group, space)
         graph, dists = self._mutual_pruned(graph, dists, start, sizes, group, space)
         for _ in range(settings.refine_rounds):
             whole = gather_rows(graph, sizes, group)
             graph, dists = self._prune(*self._propagated(start, graph, whole, space), space)
+        _log.info("binary graph: partition graphs merged in %.0f s", time.perf_counter() - began)
         far = self._random_edges(start, len(graph))
         self.medoids = self._medoids()
         self.vectors = vectors if world == 1 else None
-        for _ in range(settings.search_passes):
+        for number in range(1, settings.search_passes + 1):
+            began = time.perf_counter()
             self._set_graph(_with_far_links(graph, far), sizes, group)
             found = self.recall(project(vectors, self.rotation), settings.candidates)[1]
+            searched = time.perf_counter() - began
             graph, dists = self._searched(start, graph, found, space)
             graph, dists = self._mutual_pruned(graph, dists, start, sizes, group, space)
+            _log.info(
+                "binary graph: search pass %d of %d in %.0f s (the search %.0f s)",
+                number,
+                settings.search_passes,
+                time.perf_counter() - began,
+                searched,
+            )
         self._set_graph(_with_far_links(graph, far), sizes, group)
         return self
 
