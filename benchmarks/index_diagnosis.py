@@ -1,8 +1,8 @@
 """What limits BinaryGraph's recall: the codes or the graph. Usage:
     index_diagnosis.py codes RUN [--limit 100000]     # the true top-10 in the best R by code
     index_diagnosis.py coverage RUN [--limit 100000]  # true neighbours sharing a partition
-    index_diagnosis.py graph RUN [KEY=VALUE ...] [--search-passes N]   # one build (GraphSettings
-                          # keys), then N search passes; each graph searched by floats and codes
+    index_diagnosis.py graph RUN [KEY=VALUE ...]      # one build (GraphSettings keys, e.g.
+                          # search_passes=2), searched by the float vectors and by the codes
 
 RUN is a trained run folder (``runs/default``): the vectors are its class weights (the first
 ``--limit`` rows), the queries the backbone's embeddings of held-out samples, the truth their
@@ -23,14 +23,7 @@ import torch.nn.functional as F
 
 from megaclass.index import BinaryGraph
 from megaclass.index.binary_codes import encode, fit_rotation
-from megaclass.index.binary_graph import (
-    BuildDistance,
-    _nearest_per_node,
-    _with_far_links,
-    _with_reverse_edges,
-    binary_kmeans,
-    nearest_codes,
-)
+from megaclass.index.binary_graph import binary_kmeans, nearest_codes
 
 K = 10
 EFS = (128, 256, 512, 1024)
@@ -43,7 +36,6 @@ def main() -> None:
     parser.add_argument("settings", nargs="*", help="GraphSettings as KEY=VALUE (graph only)")
     parser.add_argument("--limit", type=int, default=100_000, help="index the first N rows")
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--search-passes", type=int, default=0, help="graph: passes after it")
     args = parser.parse_args()
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
@@ -58,7 +50,7 @@ def main() -> None:
         coverage(vectors)
     else:
         settings = dict(_setting(item) for item in args.settings)
-        graph(vectors, queries, settings, args.search_passes)
+        graph(vectors, queries, settings)
 
 
 def _setting(item: str) -> tuple[str, object]:
@@ -131,51 +123,12 @@ def coverage(vectors: torch.Tensor) -> None:
             print(f"{line} float k-means {shared(parts):.3f}", flush=True)
 
 
-def graph(vectors: torch.Tensor, queries: torch.Tensor, settings: dict, passes: int) -> None:
-    """One build, then ``passes`` search passes (a prototype: each vector searches the graph
-    with its own float vector, its ``candidates`` found join its near links, then the build's
-    pruning, reverse edges, pruning and long links); after each, the graph searched by the float
-    vectors (faiss walking it) and by the codes (``BinaryGraph.search``)."""
+def graph(vectors: torch.Tensor, queries: torch.Tensor, settings: dict) -> None:
+    """One build, searched by the float vectors (faiss walking the graph) and by the codes."""
     truth = top10(vectors, queries)
     began = time.perf_counter()
     index = BinaryGraph(**settings).build(vectors)
-    print(f"{settings} build {time.perf_counter() - began:.0f} s", flush=True)
-    report("as built", index, vectors, queries, truth)
-    space = BuildDistance("cosine", vectors, index.settings.num_bits, unit=True)
-    nodes = torch.arange(len(vectors))
-    for number in range(1, passes + 1):
-        began = time.perf_counter()
-        walker = float_walker(index, vectors)
-        walker.hnsw.efSearch = 64
-        found = torch.from_numpy(walker.search(vectors.numpy(), index.settings.candidates)[1])
-        searched = time.perf_counter() - began
-        offered = torch.cat([index.graph.long()[:, : index.near_degree], found], 1)  # [N, c]
-        valid = (offered >= 0) & (offered != nodes[:, None])
-        src, dst = nodes[:, None].expand_as(offered)[valid], offered[valid]
-        distances = torch.cat(  # in blocks of 2^20 pairs (0.5 GB of rows at dim 128)
-            [
-                space.distances((vectors[s] * vectors[d]).sum(1))
-                for s, d in zip(src.split(1 << 20), dst.split(1 << 20), strict=True)
-            ]
-        )
-        keep = index.settings.candidates
-        links, dists = index._prune(
-            *_nearest_per_node(src, dst, distances, len(vectors), keep, space.far), space
-        )
-        candidates = _with_reverse_edges(
-            links, dists, links, dists, 0, len(vectors), keep, space.far
-        )
-        links = index._prune(*candidates, space)[0]
-        index.graph = _with_far_links(links, index._random_edges(0, len(vectors))).to(torch.int32)
-        index._faiss = None
-        took = time.perf_counter() - began
-        report(
-            f"pass {number} (search {searched:.0f} s, all {took:.0f} s)",
-            index,
-            vectors,
-            queries,
-            truth,
-        )
+    report(f"{settings} build {time.perf_counter() - began:.0f} s", index, vectors, queries, truth)
 
 
 def float_walker(index: BinaryGraph, vectors: torch.Tensor):

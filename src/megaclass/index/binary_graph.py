@@ -338,6 +338,7 @@ class BinaryGraph:
         )
         owner = records[:, 0] % world
         arrived = torch.cat(exchange_rows([records[owner == r] for r in range(world)], group))
+        del records, owner  # at 10^7 vectors, gigabytes
         arrived = arrived[torch.argsort(arrived[:, 0] * sum(sizes) + arrived[:, 1])]  # by part, id
         counts = torch.unique_consecutive(arrived[:, 0], return_counts=True)[1].tolist()
         near, far, n = self.near_degree, space.far, len(mine)
@@ -368,16 +369,7 @@ class BinaryGraph:
             edges = torch.cat(edges)
             holder = torch.searchsorted(bounds, edges[:, 0].contiguous(), right=True)
             back = torch.cat(exchange_rows([edges[holder == r] for r in range(world)], group))
-            held = lists[0] >= 0
-            rows = torch.arange(n)[:, None].expand_as(lists[0])[held]
-            lists = _nearest_per_node(
-                torch.cat([rows, back[:, 0] - start]),
-                torch.cat([lists[0][held], back[:, 1]]),
-                torch.cat([lists[1][held], back[:, 2]]),
-                n,
-                near,
-                far,
-            )
+            lists = _folded(*lists, back[:, 0] - start, back[:, 1], back[:, 2], sum(sizes), far)
         progress.finish()
         return lists
 
@@ -410,7 +402,7 @@ class BinaryGraph:
         for first in range(0, len(ids), _ROW_BLOCK):
             block = slice(first, first + _ROW_BLOCK)
             candidates, to_node = ids[block], dists[block]  # [b, M]
-            valid = candidates >= 0
+            valid = (candidates >= 0) & ~_repeated(candidates)  # copies at rounded-apart distances
             points = space.points(candidates.clamp_min(0))  # [b, M, F]
             dots = torch.bmm(points, points.transpose(1, 2))  # [b, M, M], symmetric
             # closer[:, i, j]: candidate j is alpha times nearer to candidate i than the node is
@@ -897,12 +889,41 @@ def _with_far_links(near: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
     return torch.cat([near, far.masked_fill(repeat, -1)], 1)
 
 
+def _folded(ids, dists, src, dst, distances, total, far):
+    """Lists ids, dists [n, k] (nearest first, -1 and ``far`` padded) with the edges (src row,
+    dst, distance) [E] folded in: each row's ``k`` nearest distinct. Memory: O(E), only the
+    rows the edges start from are touched."""
+    if len(src) == 0:
+        return ids, dists
+    order = torch.argsort(src, stable=True)
+    src, keys = src[order], (distances * total + dst)[order]
+    rows, counts = torch.unique_consecutive(src, return_counts=True)
+    row_of_edge = torch.repeat_interleave(torch.arange(len(rows)), counts)
+    position = torch.arange(len(src)) - (counts.cumsum(0) - counts)[row_of_edge]
+    offered = torch.full((len(rows), int(counts.max())), _EMPTY, dtype=torch.int64)
+    offered[row_of_edge, position] = keys
+    held = torch.where(ids[rows] >= 0, dists[rows] * total + ids[rows], _EMPTY)
+    ids[rows], dists[rows] = _unique_nearest(
+        torch.cat([held, offered], 1), ids.shape[1], total, far
+    )
+    return ids, dists
+
+
+def _repeated(ids: torch.Tensor) -> torch.Tensor:
+    """ids [n, c], each row in order of preference -> [n, c] bool: the id came earlier in its
+    row."""
+    by_id = ids.sort(dim=1, stable=True)  # an id's copies stay in order of preference
+    again = torch.zeros_like(ids, dtype=torch.bool)
+    again[:, 1:] = by_id.values[:, 1:] == by_id.values[:, :-1]
+    return torch.zeros_like(again).scatter_(1, by_id.indices, again)
+
+
 def _unique_nearest(keys, keep, total, far):
-    """Row-wise: the ``keep`` smallest distinct keys ``distance * total + id`` of [n, c] ->
-    (ids [n, keep], distances [n, keep]), -1 padded."""
+    """Row-wise: the ``keep`` smallest keys ``distance * total + id`` of [n, c] with distinct
+    ids (an id offered twice, at distances that rounding made differ, counts once at the
+    nearer) -> (ids [n, keep], distances [n, keep]), -1 padded."""
     keys = keys.sort(1).values
-    repeat = torch.zeros_like(keys, dtype=torch.bool)
-    repeat[:, 1:] = keys[:, 1:] == keys[:, :-1]
+    repeat = _repeated(keys % total) | (keys == _EMPTY)
     position = torch.arange(keys.shape[1]).expand_as(keys)
     first = torch.where(repeat, position + keys.shape[1], position).argsort(1)[:, :keep]
     shortlist = torch.where(repeat.gather(1, first), _EMPTY, keys.gather(1, first))
@@ -925,7 +946,7 @@ def build_binary_graph_knn(
     graph's pruned near links, ``degree = k + random_edges``);
     -1 where a list is short. Collective on ``group`` (``BinaryGraph.build``)."""
     settings = GraphSettings(degree=k + 4, candidates=2 * (k + 4), seed=seed)
-    index = BinaryGraph(settings, backend="torch").build(weight.detach(), group)
+    index = BinaryGraph(settings).build(weight.detach(), group)
     if len(index) != num_classes:
         raise ValueError(f"the shards hold {len(index)} classes, expected {num_classes}")
     rank, _ = rank_and_size(group)

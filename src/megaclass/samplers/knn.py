@@ -42,9 +42,9 @@ class KNN(Sampler):
     refresh_every: training steps between rebuilds of the graph (it is built before the first).
     build: how the graph is built: ``"exact"`` (blocked matrix products, C^2 D work),
         ``"ivf"`` (approximate, from an inverted-file partition, about C * nprobe * sqrt(C) * D
-        work), ``"binary_graph"`` (approximate: the near links of a ``BinaryGraph`` over the
-        classes' binary codes, nearest by Hamming distance; ``megaclass bench graph`` measures
-        each build's recall) or ``"auto"``: exact up to ``EXACT_UP_TO`` classes, IVF beyond.
+        work), ``"binary_graph"`` (approximate: the pruned near links of a ``BinaryGraph`` over
+        the class rows, built by cosine; ``megaclass bench graph`` measures each build's
+        recall) or ``"auto"``: exact up to ``EXACT_UP_TO`` classes, IVF beyond.
     nprobe: IVF lists searched per list (more: better recall, proportionally slower).
     random_share: share of the budget kept for uniformly drawn classes even when the neighbours
         would fill it, so that every class keeps being pushed away from the batch now and then.
