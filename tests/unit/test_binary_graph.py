@@ -99,6 +99,17 @@ def test_the_partition_edges_folded_in_rounds_give_the_same_graph(built, monkeyp
     assert torch.equal(again.graph, once.graph)
 
 
+def test_a_neighbour_offered_twice_at_distances_rounded_apart_is_kept_once():
+    total = 100
+    keys = torch.tensor([[5 * total + 7, 3 * total + 9, 4 * total + 7, 6 * total + 2]])
+    ids, distances = binary_graph._unique_nearest(keys, 3, total, far=99)
+    assert ids.tolist() == [[9, 7, 2]] and distances.tolist() == [[3, 4, 6]]
+    folded = binary_graph._folded(  # the same id arriving again, a step farther
+        ids, distances, torch.tensor([0, 0]), torch.tensor([7, 1]), torch.tensor([5, 1]), total, 99
+    )
+    assert folded[0].tolist() == [[1, 9, 7]] and folded[1].tolist() == [[1, 3, 4]]
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_search_pass_finds_the_neighbours_no_partition_held(engine):
     """Unclustered vectors in partitions of 100: a vector shares a partition with few of its
