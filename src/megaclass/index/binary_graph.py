@@ -870,16 +870,26 @@ def _nearest_per_node(src, dst, distances, n, keep, far):
 
 
 def _with_reverse_edges(graph, dists, whole_graph, whole_dists, start, stop, keep, far):
-    """Candidates of nodes [start, stop): their own lists and every edge pointing to them."""
-    mine = (whole_graph >= start) & (whole_graph < stop)  # [N, R]
-    reverse_src = whole_graph[mine]
-    reverse_dst = torch.arange(len(whole_graph))[:, None].expand_as(whole_graph)[mine]
-    own = graph >= 0
-    own_src = torch.arange(stop - start)[:, None].expand_as(graph)[own]
-    src = torch.cat([own_src, reverse_src - start])
-    dst = torch.cat([graph[own], reverse_dst])
-    distances = torch.cat([dists[own], whole_dists[mine]])
-    return _nearest_per_node(src, dst, distances, stop - start, keep, far)
+    """Candidates of nodes [start, stop): the ``keep`` nearest distinct of their own lists
+    graph, dists [n, R] and every edge of whole_graph, whole_dists [N, R] pointing to them,
+    folded in blocks of at most ``_EDGES_PER_ROUND`` edges."""
+    pad = keep - graph.shape[1]
+    ids, distances = F.pad(graph, (0, pad), value=-1), F.pad(dists, (0, pad), value=far)
+    rows = max(1, _EDGES_PER_ROUND // whole_graph.shape[1])
+    for first in range(0, len(whole_graph), rows):
+        block = whole_graph[first : first + rows]
+        mine = (block >= start) & (block < stop)  # [b, R]
+        sources = torch.arange(first, first + len(block))[:, None].expand_as(block)
+        ids, distances = _folded(
+            ids,
+            distances,
+            block[mine] - start,
+            sources[mine],
+            whole_dists[first : first + rows][mine],
+            len(whole_graph),
+            far,
+        )
+    return ids, distances
 
 
 def _with_far_links(near: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
