@@ -284,7 +284,8 @@ class Trainer:
             window.loss, window.steps = window.loss + loss, window.steps + 1
             window.samples += out.num_samples
             self.samples += out.num_samples
-            if done % train.log_every == 0 or done == steps:
+            evaluation_due = train.eval_every and done % train.eval_every == 0
+            if done % train.log_every == 0 or done == steps or evaluation_due:
                 self.log(done, window, out, embeddings)
                 window = Window()
             self.progress.update(done, loss=loss)
