@@ -81,6 +81,22 @@ def test_resume_equals_uninterrupted(tmp_path, head):
     assert step_losses(partial) == step_losses(tmp_path / "whole")  # bit for bit
 
 
+def test_a_resumed_run_keeps_its_best_validation_and_its_patience(tmp_path):
+    """At a learning rate too small to move top-1 much, the run stops early; resumed from a
+    checkpoint between its best evaluation and its stop, it must stop at the same step with
+    the same best (a resume that forgot them would restart the count from there)."""
+    overrides = [*TINY, "train.steps=20", "train.eval_every=2", "train.patience=3"]
+    overrides += ["optim.lr=1e-9", "checkpoint.every=10", "checkpoint.keep=5"]
+    config = load_config(None, overrides)
+    whole = train(config, tmp_path / "whole")
+    assert whole["best"]["step"] < 10 < whole["steps"] < 20  # best, checkpoint, early stop
+    partial = tmp_path / "partial"
+    shutil.copytree(tmp_path / "whole", partial)
+    shutil.rmtree(partial / "checkpoints" / f"step-{whole['steps']:08d}")
+    resumed = train(config, partial, resume=True)
+    assert resumed["steps"] == whole["steps"] and resumed["best"] == whole["best"]
+
+
 def test_two_ranks_equal_one_rank_for_20_steps(tmp_path):
     overrides = [*TINY, BATCH_INDEPENDENT, "train.steps=20"]
     run_ranks(1, train_on_ranks, tmp_path / "one", overrides, False)

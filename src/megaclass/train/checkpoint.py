@@ -1,7 +1,8 @@
 """Checkpoints that load at any world size, written atomically.
 
 Layout of ``RUN_DIR/checkpoints/step-00000100/``:
-- ``meta.json``: step, world size, number of classes, the class range of every shard;
+- ``meta.json``: step, world size, number of classes, the class range of every shard, and the
+  training loop's own state (early stopping's best validation so far);
 - ``common.pt``: backbone and backbone-optimizer state (identical on every rank; rank 0 writes it);
 - ``head-00001-of-00003.pt``: one per rank: its class range, weight rows, every other per-class
   row state (optimizer state such as momentum or AdaGrad accumulators, a sampler's graph or
@@ -45,6 +46,7 @@ class TrainingState:
     backbone: dict
     backbone_optimizer: dict
     head: dict  # the head's state that is the same on every rank (optimizer, sampler)
+    loop: dict = field(default_factory=dict)  # the loop's own (JSON: early stopping's record)
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ def save_checkpoint(
             "world_size": world_size,
             "num_classes": head.num_classes,
             "embedding_dim": head.embedding_dim,
+            "loop": state.loop,
         }
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         shutil.rmtree(final, ignore_errors=True)
@@ -151,6 +154,7 @@ def load_checkpoint(folder: str | Path, head: ClassifierHead) -> tuple[TrainingS
         backbone=common["backbone"],
         backbone_optimizer=common["backbone_optimizer"],
         head=common["head"],
+        loop=meta.get("loop", {}),  # checkpoints from before it have none
     )
     rows = {name: tensor.to(head.weight.device) for name, tensor in rows.items()}
     return state, HeadShard(rows, rank_state)

@@ -232,6 +232,8 @@ class Trainer:
         _unwrap(model.backbone).load_state_dict(state.backbone)
         self.backbone_optimizer.load_state_dict(state.backbone_optimizer)
         _restore_head(model.head, self.head_optimizer, state, shard)
+        self.best = state.loop.get("best", {})
+        self.evaluations_since_best = state.loop.get("evaluations_since_best", 0)
         if self.rank0:  # a resumed run may change RESUMABLE_KEYS, train.steps to extend it
             (self.run_dir / "config.toml").write_text(to_toml(self.config))
             self.write_model_json()  # runs from before model.json existed get one
@@ -381,6 +383,7 @@ class Trainer:
             _unwrap(model.backbone).state_dict(),
             self.backbone_optimizer.state_dict(),
             _head_shared(model.head, self.head_optimizer),
+            {"best": self.best, "evaluations_since_best": self.evaluations_since_best},
         )
         shard = _head_shard(model.head, self.head_optimizer)
         return save_checkpoint(self.run_dir, state, model.head, shard, self.config.checkpoint.keep)
