@@ -5,7 +5,8 @@
 # validation NDCG@10; the table gives test HIT@10 and NDCG@10 at the best validation step.
 # Usage: seqrec.sh [NAME...] (default: beauty sports toys video). Environment: SEEDS (default
 # "0 1 2"), JOBS runs side by side (default 2, one thread each). Finished runs are kept and
-# skipped, so an interrupted sweep picks up where it stopped.
+# skipped, and an interrupted run resumes from its last checkpoint, so an interrupted sweep
+# picks up where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=runs/seqrec
@@ -21,8 +22,12 @@ for data in "$@"; do
     done
   done
 done | xargs -P "$jobs" -L 1 sh -c '
-  rm -rf "$4" &&
-  megaclass train --config "recipes/seqrec-$1.toml" --run-dir "$4" --set train.threads=1 \
-    --set head.sampler="\"$2\"" --set train.seed="$3" --set data.seed="$3" > "$4.log" 2>&1 &&
+  if ls "$4"/checkpoints/step-*/meta.json > /dev/null 2>&1; then
+    megaclass train --resume "$4" --set train.threads=1 >> "$4.log" 2>&1
+  else
+    rm -rf "$4" &&
+    megaclass train --config "recipes/seqrec-$1.toml" --run-dir "$4" --set train.threads=1 \
+      --set head.sampler="\"$2\"" --set train.seed="$3" --set data.seed="$3" > "$4.log" 2>&1
+  fi &&
   echo "$4: $(tail -n 2 "$4.log" | tr "\n" " ")"' sh
 python benchmarks/summarize_seqrec.py "$runs" benchmarks/results
