@@ -49,8 +49,7 @@ def main() -> None:
     elif args.what == "coverage":
         coverage(vectors)
     else:
-        settings = dict(_setting(item) for item in args.settings)
-        graph(vectors, queries, settings)
+        graph(vectors, queries, dict(_setting(item) for item in args.settings))
 
 
 def _setting(item: str) -> tuple[str, object]:
@@ -124,35 +123,26 @@ def coverage(vectors: torch.Tensor) -> None:
 
 
 def graph(vectors: torch.Tensor, queries: torch.Tensor, settings: dict) -> None:
-    """One build, searched by the float vectors (faiss walking the graph) and by the codes."""
+    """One build; its graph searched by the float vectors (faiss walking our graph as the only
+    level of an HNSWFlat) and by the codes (BinaryGraph.search)."""
     truth = top10(vectors, queries)
     began = time.perf_counter()
     index = BinaryGraph(**settings).build(vectors)
-    report(f"{settings} build {time.perf_counter() - began:.0f} s", index, vectors, queries, truth)
-
-
-def float_walker(index: BinaryGraph, vectors: torch.Tensor):
-    """faiss's HNSWFlat over the unit ``vectors`` with ``index``'s graph as its only level."""
-    walker = faiss.IndexHNSWFlat(
+    line = f"{settings} build {time.perf_counter() - began:.0f} s:"
+    floats = faiss.IndexHNSWFlat(
         vectors.shape[1], index.graph.shape[1] // 2, faiss.METRIC_INNER_PRODUCT
     )
-    walker.storage.add(vectors.numpy())
-    walker.ntotal = len(vectors)
-    hnsw = walker.hnsw
+    floats.storage.add(vectors.numpy())
+    floats.ntotal = len(vectors)
+    hnsw = floats.hnsw
     faiss.copy_array_to_vector(np.ones(len(vectors), dtype=np.int32), hnsw.levels)
     hnsw.prepare_level_tab(len(vectors), True)
     links = faiss.rev_swig_ptr(hnsw.neighbors.data(), hnsw.neighbors.size())
     links[:] = index.graph.numpy().reshape(-1)
     hnsw.entry_point, hnsw.max_level = int(index.medoids[0]), 0
-    return walker
-
-
-def report(tag: str, index: BinaryGraph, vectors, queries, truth) -> None:
-    walker = float_walker(index, vectors)
-    line = f"{tag}:"
     for ef in EFS:
-        walker.hnsw.efSearch = ef
-        by_floats = torch.from_numpy(walker.search(queries.numpy(), K)[1])
+        hnsw.efSearch = ef
+        by_floats = torch.from_numpy(floats.search(queries.numpy(), K)[1])
         by_codes = index.search(queries, K, ef=ef)[1]
         line += (
             f" ef {ef} floats {recall(by_floats, truth):.3f} codes {recall(by_codes, truth):.3f};"

@@ -577,18 +577,16 @@ class BinaryGraph:
         touched = links[has].unique()  # sorted
         targets = new_ids[:, None].expand_as(links)[has]
         near = self.near_degree
-        old_links = self.graph[touched, :near].long()
+        old_links = self.graph[touched, :near].long()  # [m, near]
         old_distances = space.between(old_links.clamp_min(0), touched)
-        valid = old_links >= 0
-        local = torch.arange(len(touched))[:, None].expand_as(old_links)
-        src = torch.cat([local[valid], torch.searchsorted(touched, links[has])])
-        dst = torch.cat([old_links[valid], targets])
-        candidates = _nearest_per_node(
-            src,
-            dst,
-            torch.cat([old_distances[valid], link_distances[has]]),
-            len(touched),
-            self.settings.candidates,
+        pad = self.settings.candidates - near
+        candidates = _folded(
+            F.pad(old_links, (0, pad), value=-1),
+            F.pad(old_distances.masked_fill_(old_links < 0, space.far), (0, pad), value=space.far),
+            torch.searchsorted(touched, links[has]),
+            targets,
+            link_distances[has],
+            len(self.codes),
             space.far,
         )
         far = self._random_edges(first, len(vectors))
@@ -847,26 +845,6 @@ def _gathered_sample(vectors, sizes, start, group, generator) -> torch.Tensor:
     mine = picked[(picked >= start) & (picked < start + len(vectors))] - start
     rows = F.normalize(vectors[mine].float(), dim=1)
     return gather_rows(rows, counts, group)
-
-
-def _nearest_per_node(src, dst, distances, n, keep, far):
-    """Edges (src, dst, distance) [E] with src in 0..n-1 -> per src its ``keep`` nearest
-    distinct dst: (ids [n, keep], distances [n, keep]), nearest first (lower id on ties), -1
-    and ``far`` padded."""
-    order = torch.argsort(dst)  # sorted by (src, distance, dst): a stable sort by the first two
-    order = order[torch.argsort(src[order] * (far + 1) + distances[order], stable=True)]
-    src, dst, distances = src[order], dst[order], distances[order]
-    repeat = torch.zeros_like(src, dtype=torch.bool)
-    repeat[1:] = (src[1:] == src[:-1]) & (dst[1:] == dst[:-1])
-    src, dst, distances = src[~repeat], dst[~repeat], distances[~repeat]
-    counts = torch.bincount(src, minlength=n)
-    position = torch.arange(len(src)) - (counts.cumsum(0) - counts)[src]
-    fits = position < keep
-    ids = torch.full((n, keep), -1, dtype=torch.int64)
-    out = torch.full((n, keep), far, dtype=torch.int64)
-    ids[src[fits], position[fits]] = dst[fits]
-    out[src[fits], position[fits]] = distances[fits]
-    return ids, out
 
 
 def _with_reverse_edges(graph, dists, whole_graph, whole_dists, start, stop, keep, far):
