@@ -69,18 +69,16 @@ def test_the_graph_has_bounded_degree_no_self_edges_and_reaches_every_vector(bui
 def test_each_partition_graph_is_the_exact_knn_by_hamming_or_cosine():
     codes = torch.randint(-(2**62), 2**62, (300, 1))
     hamming = BuildDistance("hamming", codes, 64)
-    neighbours, distances = partition_knn(hamming.unpacked(codes), 5, hamming)
+    neighbours, distances = partition_knn(hamming.points(torch.arange(300)), 5, hamming)
     true = popcount(codes[:, None, 0] ^ codes[None, :, 0])  # [m, m]
     true.fill_diagonal_(1000)
     want = true.sort(1).values[:, :5]
     assert torch.equal(distances, want)
     assert torch.equal(true.gather(1, neighbours), want)
 
-    vectors = torch.randn(300, 7)  # an odd width: packed with a pad column
+    vectors = torch.randn(300, 7)
     cosine = BuildDistance("cosine", vectors, 64)
-    records = cosine.packed(F.normalize(vectors, dim=1))
-    assert records.dtype == torch.int64 and records.shape == (300, 4)
-    neighbours, distances = partition_knn(cosine.unpacked(records), 5, cosine)
+    neighbours, distances = partition_knn(cosine.points(torch.arange(300)), 5, cosine)
     unit = F.normalize(vectors, dim=1)
     true = 1 - unit @ unit.t()
     true.fill_diagonal_(9)

@@ -30,11 +30,12 @@ Construction, as published for the distributed graph:
    finds the rest, as an insertion into an HNSW does.
 
 Distributed: each rank holds a shard of the vectors (any sizes) and builds the partitions it
-owns (partition ``p`` on rank ``p % world``); members and their codes (or, for the cosine
-build, their unit rows) go to the owner by all-to-all, and the partition graphs' edges come back
-the same way. Merge, pruning, refinement and the search passes run on the rank that holds the
-vector, against all codes (and unit rows) and, per round, the whole graph (all-gathered: 4
-bytes per edge). Every step depends on global ids only, so the graph is the same on 1, 2 or 3
+owns (partition ``p`` on rank ``p % world``). The codes (and, for the cosine build, the unit
+rows) are all-gathered once, since every rank ends holding the whole index; the members then go
+to their partitions' owners by all-to-all as (partition, id) pairs, and the partition graphs'
+edges come back the same way. Merge, pruning, refinement and the search passes run on the rank
+that holds the vector, against all codes (and unit rows) and, per round, the whole graph
+(all-gathered). Every step depends on global ids only, so the graph is the same on 1, 2 or 3
 ranks for the same seed; each rank ends holding the whole index. Within a rank the work is
 dense tensor operations on torch's threads (the search passes: the search engine's).
 
@@ -251,14 +252,12 @@ class BinaryGraph:
         mine = self._encode(vectors)  # [n, W]
         self.codes = gather_rows(mine, sizes, group)  # [N, W]
         if settings.build_distance == "hamming":
-            space, local = BuildDistance("hamming", self.codes, settings.num_bits), mine
+            space = BuildDistance("hamming", self.codes, settings.num_bits)
         else:
-            local = F.normalize(vectors.float(), dim=1)  # [n, D]
-            everyone = gather_rows(local, sizes, group)  # [N, D]
+            everyone = gather_rows(F.normalize(vectors.float(), dim=1), sizes, group)  # [N, D]
             space = BuildDistance("cosine", everyone, settings.num_bits, unit=True)
-        packed = space.packed(local)
         began = time.perf_counter()
-        graph, dists = self._partition_lists(mine, packed, start, sizes, group, space)
+        graph, dists = self._partition_lists(mine, start, sizes, group, space)
         graph, dists = self._mutual_pruned(graph, dists, start, sizes, group, space)
         for _ in range(settings.refine_rounds):
             whole = gather_rows(graph, sizes, group)
@@ -322,23 +321,22 @@ class BinaryGraph:
             ]
         )
 
-    def _partition_lists(self, mine, packed, start, sizes, group, space):
+    def _partition_lists(self, mine, start, sizes, group, space):
         """Each of this rank's vectors' ``near`` nearest (by ``space``) over the exact k-NN
-        lists of all partitions it joined: codes mine [n, W], rows ``packed`` by ``space`` ->
-        (ids [n, near] global, dists [n, near]), nearest first, -1 / far padded.
+        lists of all partitions it joined: codes mine [n, W] -> (ids [n, near] global, dists
+        [n, near]), nearest first, -1 / far padded.
 
-        Members go to their partitions' owners by one all-to-all; the partition graphs' edges
-        come back in rounds of at most ``_EDGES_PER_ROUND`` (the same number of rounds on every
-        rank), each folded into the lists, so that memory stays bounded at 10^7 vectors."""
+        Members (partition, global id) go to their partitions' owners by one all-to-all (the
+        owner reads their rows from ``space``, which holds every rank's); the partition graphs'
+        edges come back in rounds of at most ``_EDGES_PER_ROUND`` (the same number of rounds on
+        every rank), each folded into the lists, so that memory stays bounded at 10^7 vectors."""
         _, world = rank_and_size(group)
         parts = nearest_codes(mine, self.centroids, self.settings.overlap)  # [n, t]
         ids = torch.arange(start, start + len(mine)).repeat_interleave(parts.shape[1])
-        records = torch.cat(
-            [parts.reshape(-1, 1), ids[:, None], packed.repeat_interleave(parts.shape[1], 0)], 1
-        )
+        records = torch.stack([parts.flatten(), ids], 1)  # [n t, 2]: partition, id
         owner = records[:, 0] % world
         arrived = torch.cat(exchange_rows([records[owner == r] for r in range(world)], group))
-        del records, owner  # at 10^7 vectors, gigabytes
+        del records, owner
         arrived = arrived[torch.argsort(arrived[:, 0] * sum(sizes) + arrived[:, 1])]  # by part, id
         counts = torch.unique_consecutive(arrived[:, 0], return_counts=True)[1].tolist()
         near, far, n = self.near_degree, space.far, len(mine)
@@ -353,7 +351,7 @@ class BinaryGraph:
             while first < len(arrived) and first * rounds < (round_ + 1) * len(arrived):
                 count = counts[done]
                 members = arrived[first : first + count]
-                neighbours, distances = partition_knn(space.unpacked(members[:, 2:]), near, space)
+                neighbours, distances = partition_knn(space.points(members[:, 1]), near, space)
                 edges.append(
                     torch.stack(
                         [
@@ -742,19 +740,6 @@ class BuildDistance:
     def __init__(self, kind: str, rows: torch.Tensor, num_bits: int, unit: bool = False) -> None:
         self.kind, self.rows, self.num_bits, self.unit = kind, rows, num_bits, unit
         self.far = num_bits + 1 if kind == "hamming" else 2 * _COSINE_LEVELS + 1  # beyond all
-
-    def packed(self, rows: torch.Tensor) -> torch.Tensor:
-        """Rows as int64 [n, w] records to exchange: the codes, or unit fp32 rows bit-cast
-        (padded to an even width)."""
-        if self.kind == "hamming":
-            return rows
-        return F.pad(rows, (0, rows.shape[1] % 2)).contiguous().view(torch.int64)
-
-    def unpacked(self, packed: torch.Tensor) -> torch.Tensor:
-        """``packed`` records [n, w] -> points [n, F] fp32."""
-        if self.kind == "hamming":
-            return unpack_signs(packed)
-        return packed.contiguous().view(torch.float32)
 
     def points(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [...] (>= 0) -> points [..., F] fp32."""
