@@ -34,7 +34,7 @@ from megaclass.index.binary_graph import BinaryGraph
 
 K = 10
 TARGETS = (0.90, 0.95, 0.99)
-EFS = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048)
+EFS = (16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 NPROBES = (1, 4, 16, 64, 256, 1024)
 ENGINES = (
     "binary_graph",

@@ -97,6 +97,32 @@ def test_the_partition_edges_folded_in_rounds_give_the_same_graph(built, monkeyp
     assert torch.equal(again.graph, once.graph)
 
 
+def test_folding_edges_in_keeps_each_rows_nearest_distinct_however_skewed(monkeypatch):
+    generator = torch.Generator().manual_seed(0)
+    rows, k, total, far = 40, 4, 60, 99
+    keys = torch.randint(0, 30 * total, (rows, k), generator=generator)  # distance * total + id
+    ids, dists = binary_graph._unique_nearest(keys, k, total, far)  # nearest first
+    ids[::3, 2:], dists[::3, 2:] = -1, far  # short lists
+    hub = torch.zeros(300, dtype=torch.int64)  # row 0: 300 edges, the others a few
+    src = torch.cat([hub, torch.randint(1, rows, (80,), generator=generator)])
+    dst = torch.randint(0, total, (len(src),), generator=generator)
+    distances = torch.randint(0, 30, (len(src),), generator=generator)
+    want = []
+    for row in range(rows):
+        nearest = {}
+        pairs = list(zip(ids[row].tolist(), dists[row].tolist()))
+        pairs += list(zip(dst[src == row].tolist(), distances[src == row].tolist()))
+        for node, distance in pairs:
+            if node >= 0:
+                nearest[node] = min(distance, nearest.get(node, far))
+        best = sorted((distance, node) for node, distance in nearest.items())[:k]
+        want.append([node for _, node in best] + [-1] * (k - len(best)))
+    for block in (1 << 22, 16):  # one block, or a block per few rows
+        monkeypatch.setattr(binary_graph, "_FOLD_BLOCK", block)
+        folded = binary_graph._folded(ids.clone(), dists.clone(), src, dst, distances, total, far)
+        assert folded[0].tolist() == want
+
+
 def test_a_neighbour_offered_twice_at_distances_rounded_apart_is_kept_once():
     total = 100
     keys = torch.tensor([[5 * total + 7, 3 * total + 9, 4 * total + 7, 6 * total + 2]])

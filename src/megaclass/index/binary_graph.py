@@ -2,7 +2,7 @@
 the exact cosine (Binary Distributed Graph).
 
 What it stores per vector: its code (``num_bits / 8`` bytes, ``megaclass.index.binary_codes``)
-and ``degree`` neighbours (int32): 144 bytes at 128 bits and degree 32, against 512 bytes for the
+and ``degree`` neighbours (int32): 288 bytes at 256 bits and degree 64, against 512 bytes for the
 float vector alone at dim 128. The float vectors are only read to re-rank the ``ef`` candidates a
 search recalls, so they may stay on disk (a memory-mapped ``.npy``).
 
@@ -87,7 +87,8 @@ _SAMPLE = 65_536  # vectors sampled to fit the rotation and the partitions
 _KMEANS_ITERATIONS = 10
 _ROW_BLOCK = 2048  # vectors handled at once by the partition k-NN and the pruning
 _GATHERED_CODES = 1 << 19  # candidate codes gathered at once by the refinement
-_EDGES_PER_ROUND = 1 << 27  # partition graph edges a rank sends back at once (3 GB)
+_EDGES_PER_ROUND = 1 << 25  # partition graph edges a rank sends back at once (800 MB)
+_FOLD_BLOCK = 1 << 22  # list entries (rows x width) merged at once when edges are folded in
 _CODE_BLOCK = 1 << 16  # vectors encoded or compared with the centroids at once
 _SEARCH_BLOCK = 256  # queries searched at once (a visited bitmap of N / 8 bytes each)
 _EMPTY = torch.iinfo(torch.int64).max  # the key of an empty beam slot
@@ -131,7 +132,7 @@ class GraphSettings:
 
     num_bits: int = 256
     rotation: str = "random"
-    degree: int = 32
+    degree: int = 64
     candidates: int = 64
     partition_size: int = 8192
     overlap: int = 2
@@ -864,21 +865,34 @@ def _with_far_links(near: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
 
 def _folded(ids, dists, src, dst, distances, total, far):
     """Lists ids, dists [n, k] (nearest first, -1 and ``far`` padded) with the edges (src row,
-    dst, distance) [E] folded in: each row's ``k`` nearest distinct. Memory: O(E), only the
-    rows the edges start from are touched."""
+    dst, distance) [E] folded in: each row's ``k`` nearest distinct. Only the rows the edges
+    start from are touched, in blocks of at most ``_FOLD_BLOCK`` list entries, rows grouped by
+    their number of edges (up to the next power of two): memory O(E), however skewed the
+    in-degrees that reverse edges bring (a hub's thousands of edges widen only its own block)."""
     if len(src) == 0:
         return ids, dists
     order = torch.argsort(src, stable=True)
     src, keys = src[order], (distances * total + dst)[order]
     rows, counts = torch.unique_consecutive(src, return_counts=True)
-    row_of_edge = torch.repeat_interleave(torch.arange(len(rows)), counts)
-    position = torch.arange(len(src)) - (counts.cumsum(0) - counts)[row_of_edge]
-    offered = torch.full((len(rows), int(counts.max())), _EMPTY, dtype=torch.int64)
-    offered[row_of_edge, position] = keys
-    held = torch.where(ids[rows] >= 0, dists[rows] * total + ids[rows], _EMPTY)
-    ids[rows], dists[rows] = _unique_nearest(
-        torch.cat([held, offered], 1), ids.shape[1], total, far
-    )
+    starts = counts.cumsum(0) - counts  # each row's first edge
+    widths = 2 ** torch.log2(counts.double()).ceil().long()
+    for width in widths.unique().tolist():
+        alike = (widths == width).nonzero().flatten()  # rows with width // 2 < count <= width
+        step = max(1, _FOLD_BLOCK // (width + ids.shape[1]))
+        for first in range(0, len(alike), step):
+            block = alike[first : first + step]
+            block_counts = counts[block]
+            row_of_edge = torch.repeat_interleave(torch.arange(len(block)), block_counts)
+            position = torch.arange(len(row_of_edge)) - (
+                block_counts.cumsum(0) - block_counts
+            )[row_of_edge]
+            offered = torch.full((len(block), width), _EMPTY, dtype=torch.int64)
+            offered[row_of_edge, position] = keys[starts[block][row_of_edge] + position]
+            held_ids, held_dists = ids[rows[block]], dists[rows[block]]
+            held = torch.where(held_ids >= 0, held_dists * total + held_ids, _EMPTY)
+            ids[rows[block]], dists[rows[block]] = _unique_nearest(
+                torch.cat([held, offered], 1), ids.shape[1], total, far
+            )
     return ids, dists
 
 
