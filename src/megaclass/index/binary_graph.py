@@ -270,9 +270,7 @@ class BinaryGraph:
         for number in range(1, settings.search_passes + 1):
             began = time.perf_counter()
             self._set_graph(_with_far_links(graph, far), sizes, group)
-            found = self.recall(project(vectors, self.rotation), settings.candidates)[1]
-            searched = time.perf_counter() - began
-            graph, dists = self._searched(start, graph, found, space)
+            graph, dists, searched = self._searched(start, graph, vectors, space)
             graph, dists = self._mutual_pruned(graph, dists, start, sizes, group, space)
             _log.info(
                 "binary graph: search pass %d of %d in %.0f s (the search %.0f s)",
@@ -297,22 +295,30 @@ class BinaryGraph:
         candidates = _with_reverse_edges(graph, dists, *whole, start, stop, keep, space.far)
         return self._prune(*candidates, space)
 
-    def _searched(self, start, graph, found, space):
-        """A search pass's lists: the nearest ``near`` by ``space`` of each vector's links
-        graph [n, near] and of the vectors a search for it found, found [n, c] (-1 padded):
-        -> (ids [n, near], dists [n, near]), nearest first."""
-        offered = torch.cat([graph, found], 1)  # [n, near + c]
+    def _searched(self, start, graph, vectors, space):
+        """A search pass's lists: each of vectors [n, D] searches the graph for itself (beam
+        ``candidates``), and keeps the nearest ``near`` by ``space`` of its links graph [n, near]
+        and the vectors found; by blocks of vectors, so that what the searches found is never
+        held for all at once: -> (ids [n, near], dists [n, near]) nearest first, and the
+        seconds spent searching."""
         nodes = torch.arange(start, start + len(graph))
-        valid = (offered >= 0) & (offered != nodes[:, None])
-        total, rows = len(self.codes), max(1, _GATHERED_CODES // offered.shape[1])
+        total, width = len(self.codes), graph.shape[1] + self.settings.candidates
+        rows = max(1, _GATHERED_CODES // width)
         ids = torch.empty(len(graph), self.near_degree, dtype=torch.int64)
         dists = torch.empty_like(ids)
+        searching = 0.0
         for first in range(0, len(graph), rows):
             block = slice(first, first + rows)
-            distances = space.between(offered[block].clamp_min(0), nodes[block])
-            keys = torch.where(valid[block], distances * total + offered[block], _EMPTY)
+            began = time.perf_counter()
+            projected = project(vectors[block], self.rotation)
+            found = self.recall(projected, self.settings.candidates)[1]  # [b, c], -1 padded
+            searching += time.perf_counter() - began
+            offered = torch.cat([graph[block], found], 1)  # [b, near + c]
+            valid = (offered >= 0) & (offered != nodes[block, None])
+            distances = space.between(offered.clamp_min(0), nodes[block])
+            keys = torch.where(valid, distances * total + offered, _EMPTY)
             ids[block], dists[block] = _unique_nearest(keys, self.near_degree, total, space.far)
-        return ids, dists
+        return ids, dists, searching
 
     def _encode(self, vectors: torch.Tensor) -> torch.Tensor:
         return torch.cat(
