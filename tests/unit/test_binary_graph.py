@@ -110,8 +110,8 @@ def test_folding_edges_in_keeps_each_rows_nearest_distinct_however_skewed(monkey
     want = []
     for row in range(rows):
         nearest = {}
-        pairs = list(zip(ids[row].tolist(), dists[row].tolist()))
-        pairs += list(zip(dst[src == row].tolist(), distances[src == row].tolist()))
+        pairs = list(zip(ids[row].tolist(), dists[row].tolist(), strict=True))
+        pairs += list(zip(dst[src == row].tolist(), distances[src == row].tolist(), strict=True))
         for node, distance in pairs:
             if node >= 0:
                 nearest[node] = min(distance, nearest.get(node, far))

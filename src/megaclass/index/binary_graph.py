@@ -889,9 +889,10 @@ def _folded(ids, dists, src, dst, distances, total, far):
             block = alike[first : first + step]
             block_counts = counts[block]
             row_of_edge = torch.repeat_interleave(torch.arange(len(block)), block_counts)
-            position = torch.arange(len(row_of_edge)) - (
-                block_counts.cumsum(0) - block_counts
-            )[row_of_edge]
+            position = (
+                torch.arange(len(row_of_edge))
+                - (block_counts.cumsum(0) - block_counts)[row_of_edge]
+            )
             offered = torch.full((len(block), width), _EMPTY, dtype=torch.int64)
             offered[row_of_edge, position] = keys[starts[block][row_of_edge] + position]
             held_ids, held_dists = ids[rows[block]], dists[rows[block]]
