@@ -895,9 +895,9 @@ def _folded(ids, dists, src, dst, distances, total, far):
             )
             offered = torch.full((len(block), width), _EMPTY, dtype=torch.int64)
             offered[row_of_edge, position] = keys[starts[block][row_of_edge] + position]
-            held_ids, held_dists = ids[rows[block]], dists[rows[block]]
-            held = torch.where(held_ids >= 0, held_dists * total + held_ids, _EMPTY)
-            ids[rows[block]], dists[rows[block]] = _unique_nearest(
+            touched = rows[block]
+            held = torch.where(ids[touched] >= 0, dists[touched] * total + ids[touched], _EMPTY)
+            ids[touched], dists[touched] = _unique_nearest(
                 torch.cat([held, offered], 1), ids.shape[1], total, far
             )
     return ids, dists
