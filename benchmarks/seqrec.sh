@@ -4,12 +4,14 @@
 # seeds, each run the data set's recipe (recipes/seqrec-NAME.toml) with early stopping on
 # validation NDCG@10; the table gives test HIT@10 and NDCG@10 at the best validation step.
 # Usage: seqrec.sh [NAME...] (default: beauty sports toys video). Environment: SEEDS (default
-# "0 1 2"), JOBS runs side by side (default 2, one thread each). Finished runs are kept and
-# skipped, and an interrupted run resumes from its last checkpoint, so an interrupted sweep
-# picks up where it stopped.
+# "0 1 2"), JOBS runs side by side (default 2, one thread each). A finished run leaves its record
+# in benchmarks/results/seqrec/ (commit them as they come) and is skipped from then on; an
+# interrupted run resumes from its last checkpoint in runs/seqrec/. So a sweep longer than one
+# sitting picks up where it stopped, on this machine or, from the committed records, another.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=runs/seqrec
+records=benchmarks/results/seqrec
 seeds=${SEEDS:-"0 1 2"}
 jobs=${JOBS:-2}
 [ $# -gt 0 ] || set -- beauty sports toys video
@@ -18,7 +20,7 @@ for data in "$@"; do
   for seed in $seeds; do
     for sampler in full knn ann random; do
       dir="$runs/$data-$sampler-$seed"
-      [ -f "$dir/summary.json" ] || echo "$data $sampler $seed $dir"
+      [ -f "$records/$data-$sampler-$seed.json" ] || echo "$data $sampler $seed $dir $records"
     done
   done
 done | xargs -P "$jobs" -L 1 sh -c '
@@ -29,5 +31,6 @@ done | xargs -P "$jobs" -L 1 sh -c '
     megaclass train --config "recipes/seqrec-$1.toml" --run-dir "$4" --set train.threads=1 \
       --set head.sampler="\"$2\"" --set train.seed="$3" --set data.seed="$3" > "$4.log" 2>&1
   fi &&
+  python benchmarks/summarize_seqrec.py record "$4" "$5" &&
   echo "$4: $(tail -n 2 "$4.log" | tr "\n" " ")"' sh
-python benchmarks/summarize_seqrec.py "$runs" benchmarks/results
+python benchmarks/summarize_seqrec.py table "$records" benchmarks/results

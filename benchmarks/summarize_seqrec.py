@@ -1,6 +1,12 @@
-"""Table and plot of benchmarks/seqrec.sh: test HIT@10 and NDCG@10 (at the best validation
-NDCG@10) of full, knn, ann and random on the next-item data sets, mean and spread over seeds,
-beside the published ICLRec figures."""
+"""Records, table and plot of benchmarks/seqrec.sh: test HIT@10 and NDCG@10 (at the best
+validation NDCG@10) of full, knn, ann and random on the next-item data sets, mean and spread over
+seeds, beside the published ICLRec figures.
+
+`record RUN_DIR RECORDS` keeps a finished run's summary (and its mean active items per step) as
+RECORDS/RUN_NAME.json: small files committed as a sweep goes, so that a sweep longer than one
+sitting picks up where it stopped on another machine. `table RECORDS OUT` writes OUT/seqrec.md
+(below its marker) and OUT/seqrec.png from them.
+"""
 
 import json
 import statistics
@@ -18,17 +24,23 @@ DATA_SETS = {  # recipe name: (file stem, ICLRec test HIT@10, NDCG@10 from ../sh
 METRICS = ("test_hit@10", "test_ndcg@10")
 
 
-def _runs(folder: Path) -> dict[tuple[str, str], list[dict]]:
-    """(data set, sampler) -> the summaries of its finished seeds."""
+def record(run: Path, records: Path) -> None:
+    """Keep the finished run's summary and mean active items per step as records/RUN_NAME.json."""
+    summary = json.loads((run / "summary.json").read_text())
+    steps = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    active = [r["active_classes"] for r in steps if "active_classes" in r]
+    summary["active_classes"] = statistics.mean(active)  # per step, all groups
+    summary.pop("checkpoint", None)  # a path on the machine that ran it
+    records.mkdir(parents=True, exist_ok=True)
+    (records / f"{run.name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def _runs(records: Path) -> dict[tuple[str, str], list[dict]]:
+    """(data set, sampler) -> the records of its finished seeds."""
     found: dict[tuple[str, str], list[dict]] = {}
-    for run in sorted(folder.glob("*-*-*")):
-        data, sampler, _seed = run.name.rsplit("-", 2)
-        if (run / "summary.json").exists():
-            summary = json.loads((run / "summary.json").read_text())
-            records = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-            active = [r["active_classes"] for r in records if "active_classes" in r]
-            summary["active_classes"] = statistics.mean(active)  # per step, all groups
-            found.setdefault((data, sampler), []).append(summary)
+    for path in sorted(records.glob("*-*-*.json")):
+        data, sampler, _seed = path.stem.rsplit("-", 2)
+        found.setdefault((data, sampler), []).append(json.loads(path.read_text()))
     return found
 
 
@@ -108,8 +120,11 @@ def plot(runs: dict[tuple[str, str], list[dict]], out: Path) -> None:
 
 
 def main() -> None:
-    runs_folder, out = Path(sys.argv[1]), Path(sys.argv[2])
-    runs = _runs(runs_folder)
+    command, source, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    if command == "record":
+        record(source, out)
+        return
+    runs = _runs(source)
     text = (out / "seqrec.md").read_text() if (out / "seqrec.md").exists() else ""
     marker = "<!-- table -->"
     head = text.split(marker)[0] if marker in text else "# Next-item prediction\n\n"
