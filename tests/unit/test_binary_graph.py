@@ -88,11 +88,14 @@ def test_each_partition_graph_is_the_exact_knn_by_hamming_or_cosine():
     assert (between - distances).abs().max() <= 1
 
 
-def test_the_partition_edges_folded_in_rounds_give_the_same_graph(built, monkeypatch):
+def test_edges_folded_in_rounds_and_lists_made_mutual_by_blocks_give_the_same_graph(
+    built, monkeypatch
+):
     vectors = built[1]
     partitions_only = dataclasses.replace(SMALL, search_passes=0)
     once = BinaryGraph(partitions_only, backend="torch").build(vectors)
     monkeypatch.setattr(binary_graph, "_EDGES_PER_ROUND", 5000)  # ~10 rounds instead of one
+    monkeypatch.setattr(binary_graph, "_MUTUAL_ROWS", 300)  # 7 blocks, the last one short
     again = BinaryGraph(partitions_only, backend="torch").build(vectors)
     assert torch.equal(again.graph, once.graph)
 

@@ -91,7 +91,9 @@ _EDGES_PER_ROUND = 1 << 25  # partition graph edges a rank sends back at once (8
 _FOLD_BLOCK = 1 << 22  # list entries (rows x width) merged at once when edges are folded in
 _CODE_BLOCK = 1 << 16  # vectors encoded or compared with the centroids at once
 _SEARCH_BLOCK = 256  # queries searched at once (a visited bitmap of N / 8 bytes each)
+_MUTUAL_ROWS = 1 << 21  # vectors whose lists are made mutual and pruned at once
 _EMPTY = torch.iinfo(torch.int64).max  # the key of an empty beam slot
+_LIST = torch.int32  # neighbour lists and their distances while building (ids < 2^31)
 _COSINE_LEVELS = 1 << 14  # a cosine distance (1 - cos, 0..2) as an integer: in these steps
 _SCORE_LEVELS = 1 << 12  # an asymmetric score as an integer beam key: in these steps
 BACKENDS = ("auto", "torch", "faiss")
@@ -271,6 +273,7 @@ class BinaryGraph:
             began = time.perf_counter()
             self._set_graph(_with_far_links(graph, far), sizes, group)
             graph, dists, searched = self._searched(start, graph, vectors, space)
+            self.graph = self._faiss = None  # searched: not held beside the pruning's lists
             graph, dists = self._mutual_pruned(graph, dists, start, sizes, group, space)
             _log.info(
                 "binary graph: search pass %d of %d in %.0f s (the search %.0f s)",
@@ -289,11 +292,23 @@ class BinaryGraph:
 
     def _mutual_pruned(self, graph, dists, start, sizes, group, space):
         """Lists [n, near] made mutual (every edge offered back to its target) and pruned:
-        -> (ids [n, near], dists [n, near]), nearest first."""
+        -> (ids [n, near], dists [n, near]), nearest first. By blocks of ``_MUTUAL_ROWS``
+        vectors, each block's candidates gathered from a scan of the whole graph, so that the
+        candidates of all vectors are never held at once."""
         whole = gather_rows(graph, sizes, group), gather_rows(dists, sizes, group)
-        stop, keep = start + len(graph), self.settings.candidates
-        candidates = _with_reverse_edges(graph, dists, *whole, start, stop, keep, space.far)
-        return self._prune(*candidates, space)
+        ids, distances = torch.empty_like(graph), torch.empty_like(dists)
+        for first in range(0, len(graph), _MUTUAL_ROWS):
+            block = slice(first, first + _MUTUAL_ROWS)
+            candidates = _with_reverse_edges(
+                graph[block],
+                dists[block],
+                *whole,
+                start + first,
+                self.settings.candidates,
+                space.far,
+            )
+            ids[block], distances[block] = self._prune(*candidates, space)
+        return ids, distances
 
     def _searched(self, start, graph, vectors, space):
         """A search pass's lists: each of vectors [n, D] searches the graph for itself (beam
@@ -304,7 +319,7 @@ class BinaryGraph:
         nodes = torch.arange(start, start + len(graph))
         total, width = len(self.codes), graph.shape[1] + self.settings.candidates
         rows = max(1, _GATHERED_CODES // width)
-        ids = torch.empty(len(graph), self.near_degree, dtype=torch.int64)
+        ids = torch.empty(len(graph), self.near_degree, dtype=_LIST)
         dists = torch.empty_like(ids)
         searching = 0.0
         for first in range(0, len(graph), rows):
@@ -349,7 +364,7 @@ class BinaryGraph:
         near, far, n = self.near_degree, space.far, len(mine)
         most = max(row[0] for row in all_gather_ints([len(arrived) * near], group))
         rounds = max(1, -(-most // _EDGES_PER_ROUND))
-        lists = torch.full((n, near), -1, dtype=torch.int64), torch.full((n, near), far)
+        lists = torch.full((n, near), -1, dtype=_LIST), torch.full((n, near), far, dtype=_LIST)
         bounds = torch.tensor(sizes).cumsum(0)
         progress = ProgressLog(_log, "binary graph partitions", len(arrived), unit="vectors")
         first, done = 0, 0
@@ -402,8 +417,8 @@ class BinaryGraph:
         than the node is; lists left short are filled with the nearest dropped candidates.
         """
         degree = self.near_degree
-        out_ids = torch.full((len(ids), degree), -1, dtype=torch.int64)
-        out_dists = torch.full((len(ids), degree), space.far, dtype=torch.int64)
+        out_ids = torch.full((len(ids), degree), -1, dtype=ids.dtype)
+        out_dists = torch.full((len(ids), degree), space.far, dtype=dists.dtype)
         for first in range(0, len(ids), _ROW_BLOCK):
             block = slice(first, first + _ROW_BLOCK)
             candidates, to_node = ids[block], dists[block]  # [b, M]
@@ -435,8 +450,8 @@ class BinaryGraph:
         neighbours (from ``whole`` [N, degree]), nearest ``candidates`` of them by ``space``,
         nearest first."""
         n, keep = len(graph), self.settings.candidates
-        out_ids = torch.full((n, keep), -1, dtype=torch.int64)
-        out_dists = torch.full((n, keep), space.far, dtype=torch.int64)
+        out_ids = torch.full((n, keep), -1, dtype=_LIST)
+        out_dists = torch.full((n, keep), space.far, dtype=_LIST)
         total = len(self.codes)
         rows = max(1, _GATHERED_CODES // (graph.shape[1] + 1) ** 2)  # vectors per block
         for first in range(0, n, rows):
@@ -839,11 +854,11 @@ def _gathered_sample(vectors, sizes, start, group, generator) -> torch.Tensor:
     return gather_rows(rows, counts, group)
 
 
-def _with_reverse_edges(graph, dists, whole_graph, whole_dists, start, stop, keep, far):
-    """Candidates of nodes [start, stop): the ``keep`` nearest distinct of their own lists
+def _with_reverse_edges(graph, dists, whole_graph, whole_dists, start, keep, far):
+    """Candidates of nodes [start, start + n): the ``keep`` nearest distinct of their own lists
     graph, dists [n, R] and every edge of whole_graph, whole_dists [N, R] pointing to them,
     folded in blocks of at most ``_EDGES_PER_ROUND`` edges."""
-    pad = keep - graph.shape[1]
+    stop, pad = start + len(graph), keep - graph.shape[1]
     ids, distances = F.pad(graph, (0, pad), value=-1), F.pad(dists, (0, pad), value=far)
     rows = max(1, _EDGES_PER_ROUND // whole_graph.shape[1])
     for first in range(0, len(whole_graph), rows):
@@ -878,7 +893,7 @@ def _folded(ids, dists, src, dst, distances, total, far):
     if len(src) == 0:
         return ids, dists
     order = torch.argsort(src, stable=True)
-    src, keys = src[order], (distances * total + dst)[order]
+    src, keys = src[order], (distances.long() * total + dst)[order]
     rows, counts = torch.unique_consecutive(src, return_counts=True)
     starts = counts.cumsum(0) - counts  # each row's first edge
     widths = 2 ** torch.log2(counts.double()).ceil().long()
@@ -896,10 +911,11 @@ def _folded(ids, dists, src, dst, distances, total, far):
             offered = torch.full((len(block), width), _EMPTY, dtype=torch.int64)
             offered[row_of_edge, position] = keys[starts[block][row_of_edge] + position]
             touched = rows[block]
-            held = torch.where(ids[touched] >= 0, dists[touched] * total + ids[touched], _EMPTY)
-            ids[touched], dists[touched] = _unique_nearest(
-                torch.cat([held, offered], 1), ids.shape[1], total, far
+            held = torch.where(
+                ids[touched] >= 0, dists[touched].long() * total + ids[touched], _EMPTY
             )
+            nearest = _unique_nearest(torch.cat([held, offered], 1), ids.shape[1], total, far)
+            ids[touched], dists[touched] = nearest[0].to(ids.dtype), nearest[1].to(dists.dtype)
     return ids, dists
 
 
