@@ -266,12 +266,13 @@ class BinaryGraph:
             whole = gather_rows(graph, sizes, group)
             graph, dists = self._prune(*self._propagated(start, graph, whole, space), space)
         _log.info("binary graph: partition graphs merged in %.0f s", time.perf_counter() - began)
-        far = self._random_edges(start, len(graph))
+        far = self._random_edges(start, len(graph)).to(_LIST)
         self.medoids = self._medoids()
         self.vectors = vectors if world == 1 else None
         for number in range(1, settings.search_passes + 1):
             began = time.perf_counter()
             self._set_graph(_with_far_links(graph, far), sizes, group)
+            del dists  # the search pass measures its own
             graph, dists, searched = self._searched(start, graph, vectors, space)
             self.graph = self._faiss = None  # searched: not held beside the pruning's lists
             graph, dists = self._mutual_pruned(graph, dists, start, sizes, group, space)
@@ -878,9 +879,12 @@ def _with_reverse_edges(graph, dists, whole_graph, whole_dists, start, keep, far
 
 
 def _with_far_links(near: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
-    """near [n, a] and far [n, b] links -> [n, a + b], a far link already in the row -1."""
-    repeat = (far[:, :, None] == near[:, None, :]).any(2)
-    repeat |= torch.tril(far[:, :, None] == far[:, None, :], diagonal=-1).any(2)
+    """near [n, a] and far [n, b] links (one dtype) -> [n, a + b], a far link already in the
+    row -1; a far column at a time, so that no [n, b, a] comparison is formed."""
+    repeat = torch.zeros_like(far, dtype=torch.bool)
+    for j in range(far.shape[1]):
+        column = far[:, j, None]
+        repeat[:, j] = (column == near).any(1) | (column == far[:, :j]).any(1)
     return torch.cat([near, far.masked_fill(repeat, -1)], 1)
 
 
