@@ -323,6 +323,7 @@ class BinaryGraph:
         ids = torch.empty(len(graph), self.near_degree, dtype=_LIST)
         dists = torch.empty_like(ids)
         searching = 0.0
+        progress = ProgressLog(_log, "binary graph search pass", len(graph), unit="vectors")
         for first in range(0, len(graph), rows):
             block = slice(first, first + rows)
             began = time.perf_counter()
@@ -334,6 +335,8 @@ class BinaryGraph:
             distances = space.between(offered.clamp_min(0), nodes[block])
             keys = torch.where(valid, distances * total + offered, _EMPTY)
             ids[block], dists[block] = _unique_nearest(keys, self.near_degree, total, space.far)
+            progress.update(min(first + rows, len(graph)))
+        progress.finish()
         return ids, dists, searching
 
     def _encode(self, vectors: torch.Tensor) -> torch.Tensor:
