@@ -3,11 +3,15 @@
     index_diagnosis.py coverage RUN [--limit 100000]  # true neighbours sharing a partition
     index_diagnosis.py graph RUN [KEY=VALUE ...]      # one build (GraphSettings keys, e.g.
                           # search_passes=2), searched by the float vectors and by the codes
+    index_diagnosis.py speed RUN --limit 0 --queries 2000 --threads 2 [KEY=VALUE ...]
+                          # recall@10 and QPS over ef: a build at 256 and one at 512 bits, each
+                          # also searched with only its nearest 44 / 36 / 28 near links
 
 RUN is a trained run folder (``runs/default``): the vectors are its class weights (the first
 ``--limit`` rows), the queries the backbone's embeddings of held-out samples, the truth their
 exact top-10 by cosine. One thread. Prints one line per measurement
-(``benchmarks/results/index.md``, "More bits from orthogonal blocks").
+(``benchmarks/results/index.md``, "More bits from orthogonal blocks"; ``speed``: "Degree
+64", its last two tables).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch.nn.functional as F
 from megaclass.index import BinaryGraph
 from megaclass.index.binary_codes import encode, fit_rotation
 from megaclass.index.binary_graph import binary_kmeans, nearest_codes
+from megaclass.index.faiss_engines import FaissSignGraph
 
 K = 10
 EFS = (128, 256, 512, 1024)
@@ -31,23 +36,26 @@ EFS = (128, 256, 512, 1024)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("codes", "coverage", "graph"))
+    parser.add_argument("what", choices=("codes", "coverage", "graph", "speed"))
     parser.add_argument("run", type=Path)
-    parser.add_argument("settings", nargs="*", help="GraphSettings as KEY=VALUE (graph only)")
-    parser.add_argument("--limit", type=int, default=100_000, help="index the first N rows")
+    parser.add_argument("settings", nargs="*", help="GraphSettings as KEY=VALUE (graph, speed)")
+    parser.add_argument("--limit", type=int, default=100_000, help="the first N rows (0: all)")
     parser.add_argument("--queries", type=int, default=1000)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_intermixed_args()
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
     from ann_recall import trained_weights_and_queries
 
     vectors, queries = trained_weights_and_queries(args.run, args.queries)
-    vectors = F.normalize(vectors[: args.limit], dim=1)
+    vectors = F.normalize(vectors[: args.limit or None], dim=1)
     queries = F.normalize(queries, dim=1)
     if args.what == "codes":
         codes(vectors, queries)
     elif args.what == "coverage":
         coverage(vectors)
+    elif args.what == "speed":
+        speed(vectors, queries, dict(_setting(item) for item in args.settings))
     else:
         graph(vectors, queries, dict(_setting(item) for item in args.settings))
 
@@ -148,6 +156,35 @@ def graph(vectors: torch.Tensor, queries: torch.Tensor, settings: dict) -> None:
             f" ef {ef} floats {recall(by_floats, truth):.3f} codes {recall(by_codes, truth):.3f};"
         )
     print(line, flush=True)
+
+
+def speed(vectors: torch.Tensor, queries: torch.Tensor, settings: dict) -> None:
+    """Recall@10 and QPS over ef of graphs built at 256 and 512 bits, each searched (by faiss,
+    with the re-rank) with all its links and with only the nearest few of its near links plus
+    its random ones; all variants of one ef timed interleaved, 3 repeats, the median."""
+    truth = top10(vectors, queries)
+    variants = {}
+    for bits in (256, 512):
+        began = time.perf_counter()
+        index = BinaryGraph(**{**settings, "num_bits": bits}).build(vectors)
+        print(f"{bits} bits: build {time.perf_counter() - began:.0f} s", flush=True)
+        near = index.near_degree
+        for kept in (near, 44, 36, 28) if bits == 256 else (near,):
+            links = torch.cat([index.graph[:, :kept], index.graph[:, near:]], 1).contiguous()
+            mirror = FaissSignGraph(index.codes, links, int(index.medoids[0]))
+            variants[f"{bits} bits, {links.shape[1]} links"] = (index, mirror)
+    for ef in (64, 96, 128, 192, 256, 384):
+        line = f"ef {ef}:"
+        for name, (index, mirror) in variants.items():
+            index._faiss = mirror  # the search walks this mirror of the graph
+            index.search(queries[:64], K, ef=ef)
+            rates = []
+            for _ in range(3):
+                began = time.perf_counter()
+                found = index.search(queries, K, ef=ef)[1]
+                rates.append(len(queries) / (time.perf_counter() - began))
+            line += f" {name} {recall(found, truth):.3f} ({sorted(rates)[1]:.0f} QPS);"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
