@@ -9,7 +9,7 @@
 
 RUN is a trained run folder (``runs/default``): the vectors are its class weights (the first
 ``--limit`` rows), the queries the backbone's embeddings of held-out samples, the truth their
-exact top-10 by cosine. One thread. Prints one line per measurement
+exact top-10 by cosine. ``--threads`` threads (default one). Prints one line per measurement
 (``benchmarks/results/index.md``, "More bits from orthogonal blocks"; ``speed``: "Degree
 64", its last two tables).
 """
@@ -50,14 +50,15 @@ def main() -> None:
     vectors, queries = trained_weights_and_queries(args.run, args.queries)
     vectors = F.normalize(vectors[: args.limit or None], dim=1)
     queries = F.normalize(queries, dim=1)
+    settings = dict(_setting(item) for item in args.settings)
     if args.what == "codes":
         codes(vectors, queries)
     elif args.what == "coverage":
         coverage(vectors)
     elif args.what == "speed":
-        speed(vectors, queries, dict(_setting(item) for item in args.settings))
+        speed(vectors, queries, settings)
     else:
-        graph(vectors, queries, dict(_setting(item) for item in args.settings))
+        graph(vectors, queries, settings)
 
 
 def _setting(item: str) -> tuple[str, object]:
