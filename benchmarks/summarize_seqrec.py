@@ -123,7 +123,8 @@ def main() -> None:
     command, source, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     if command not in ("record", "table"):
         sys.exit(
-            f"usage: summarize_seqrec.py record RUN_DIR RECORDS | table RECORDS OUT; got {command!r}"
+            "usage: summarize_seqrec.py record RUN_DIR RECORDS | table RECORDS OUT; "
+            f"got {command!r}"
         )
     if command == "record":
         record(source, out)
