@@ -172,7 +172,7 @@ def test_the_binary_graph_index_answers_the_same_and_a_missing_index_is_named(ex
     write_search_index(graph_export, "binary_graph")
     with serving(load_app(graph_export, ef=128)) as url:  # a beam over every class: exact
         info = httpx.get(f"{url}/v1/info").json()["index"]
-        assert info["kind"] == "binary_graph" and info["bytes_per_class"] == 256 / 8 + 4 * 64
+        assert info["kind"] == "binary_graph" and info["bytes_per_class"] == 512 / 8 + 4 * 64
         body = httpx.post(f"{url}/v1/predict", json={"inputs": inputs[:20].tolist(), "k": 5})
         assert body.json()["ids"] == expected.ids.tolist()
         np.testing.assert_allclose(body.json()["scores"], expected.scores.numpy(), rtol=1e-5)

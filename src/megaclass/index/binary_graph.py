@@ -2,7 +2,7 @@
 the exact cosine (Binary Distributed Graph).
 
 What it stores per vector: its code (``num_bits / 8`` bytes, ``megaclass.index.binary_codes``)
-and ``degree`` neighbours (int32): 288 bytes at 256 bits and degree 64, against 512 bytes for the
+and ``degree`` neighbours (int32): 320 bytes at 512 bits and degree 64, against 512 bytes for the
 float vector alone at dim 128. The float vectors are only read to re-rank the ``ef`` candidates a
 search recalls, so they may stay on disk (a memory-mapped ``.npy``).
 
@@ -132,7 +132,7 @@ class GraphSettings:
     seed: the sample, rotation and k-means initialisation.
     """
 
-    num_bits: int = 256
+    num_bits: int = 512
     rotation: str = "random"
     degree: int = 64
     candidates: int = 64
