@@ -104,11 +104,11 @@ def run_heads(config: HeadBenchConfig, log: Callable[[str], None] = print) -> li
         log(f"timing {head} at {config.num_classes:,} classes ({config.steps} steps) ...")
         last = number == len(config.heads)
         with context.Pool(1, maxtasksperchild=1) as pool:
-            measured = pool.apply(
-                _measure_head_then_gemm if last else _measure_head, (config, head)
-            )
-        records.append(measured[0] if last else measured)
-    gemm_flops = measured[1]
+            if last:
+                record, gemm_flops = pool.apply(_measure_head_then_gemm, (config, head))
+            else:
+                record = pool.apply(_measure_head, (config, head))
+        records.append(record)
     for record in records:
         step_flops = 6 * config.batch * record["num_active"] * config.dim
         record["gemm_efficiency"] = step_flops / (record["ms_per_step"] / 1e3) / gemm_flops
