@@ -34,7 +34,7 @@ from megaclass.index.binary_graph import BinaryGraph
 
 K = 10
 TARGETS = (0.90, 0.95, 0.99)
-EFS = (16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+EFS = (16, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 NPROBES = (1, 4, 16, 64, 256, 1024)
 ENGINES = (
     "binary_graph",
@@ -42,6 +42,7 @@ ENGINES = (
     "binary_graph_hamming_build",
     "binary_graph_partitions_only",
     "binary_graph_256_bits",
+    "binary_graph_two_passes",
     "hnswlib",
     "faiss_hnsw",
     "faiss_binary_hnsw",
@@ -315,6 +316,7 @@ RUNNERS = {
     "binary_graph_hamming_build": lambda *a: run_binary_graph(*a, build_distance="hamming"),
     "binary_graph_partitions_only": lambda *a: run_binary_graph(*a, search_passes=0),
     "binary_graph_256_bits": lambda *a: run_binary_graph(*a, num_bits=256),
+    "binary_graph_two_passes": lambda *a: run_binary_graph(*a, search_passes=2),
     "hnswlib": run_hnswlib,
     "faiss_hnsw": run_faiss_hnsw,
     "faiss_binary_hnsw": run_faiss_binary_hnsw,

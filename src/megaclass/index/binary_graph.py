@@ -122,7 +122,8 @@ class GraphSettings:
     search_passes: passes in which every vector searches the graph built so far (by its code's
         asymmetric score, beam ``candidates``), the vectors found join its links, and the lists
         are made mutual and pruned again: what finds a vector's true neighbours that no
-        partition it joined holds (``benchmarks/results/index.md``).
+        partition it joined holds; a second pass doubles the build and is what a graph searched
+        far more often than built wants (``benchmarks/results/index.md``).
     entry_points: a search starts from the medoids of the query's nearest partitions, this many.
     build_distance: what the construction ranks neighbours by: ``"cosine"`` between the float
         vectors (each rank then holds all vectors' unit rows, 4 D bytes each, while it builds) or
