@@ -4,7 +4,8 @@
 # seeds, each run the data set's recipe (recipes/seqrec-NAME.toml) with early stopping on
 # validation NDCG@10; the table gives test HIT@10 and NDCG@10 at the best validation step.
 # Usage: seqrec.sh [NAME...] (default: beauty sports toys video). Environment: SEEDS (default
-# "0 1 2"), JOBS runs side by side (default 2, one thread each). A finished run leaves its record
+# "0 1 2"), SAMPLERS (default "full knn ann random"), JOBS runs side by side (default 2, one
+# thread each). A finished run leaves its record
 # in benchmarks/results/seqrec/ (commit them as they come) and is skipped from then on; an
 # interrupted run resumes from its last checkpoint in runs/seqrec/. So a sweep longer than one
 # sitting picks up where it stopped, on this machine or, from the committed records, another.
@@ -14,11 +15,12 @@ runs=runs/seqrec
 records=benchmarks/results/seqrec
 seeds=${SEEDS:-"0 1 2"}
 jobs=${JOBS:-2}
+samplers=${SAMPLERS:-"full knn ann random"}
 [ $# -gt 0 ] || set -- beauty sports toys video
 mkdir -p "$runs"
 for data in "$@"; do
   for seed in $seeds; do
-    for sampler in full knn ann random; do
+    for sampler in $samplers; do
       dir="$runs/$data-$sampler-$seed"
       [ -f "$records/$data-$sampler-$seed.json" ] || echo "$data $sampler $seed $dir $records"
     done
