@@ -115,6 +115,7 @@ class TrainedModel:
             margin=margin,
             sampler=Full(),
             process_group=group,
+            initialize=False,  # both callers load the rows: load_export, load_run
             device=device,
         )
         self.head.eval()

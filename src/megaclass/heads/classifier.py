@@ -86,6 +86,9 @@ class ClassifierHead(nn.Module):
             in ``benchmarks/results/stability.md``.
         seed: the initial weights of a class depend only on ``seed`` and its global id, not on
             the world size.
+        initialize: ``False`` leaves the rows unset (``torch.empty``), for a head whose rows are
+            loaded right after (``megaclass.inference.load_export``): drawing 10^8 random rows
+            only to overwrite them takes minutes.
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class ClassifierHead(nn.Module):
         check_finite: bool = True,
         drawn_rows: str = "one_step",
         seed: int = 0,
+        initialize: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -139,9 +143,12 @@ class ClassifierHead(nn.Module):
         self.rank, self.world_size = rank_and_size(process_group)
         self.class_range = shard_range(num_classes, self.world_size, self.rank)
         start, stop = self.class_range
-        self.weight = nn.Parameter(  # [num_local, D]
+        rows = (
             _initial_rows(start, stop, embedding_dim, seed).to(device=device, dtype=dtype)
+            if initialize
+            else torch.empty(stop - start, embedding_dim, device=device, dtype=dtype)
         )
+        self.weight = nn.Parameter(rows)  # [num_local, D]
         sampler.bind(
             Shard(
                 num_classes,
