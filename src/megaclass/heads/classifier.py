@@ -87,8 +87,8 @@ class ClassifierHead(nn.Module):
         seed: the initial weights of a class depend only on ``seed`` and its global id, not on
             the world size.
         initialize: ``False`` leaves the rows unset (``torch.empty``), for a head whose rows are
-            loaded right after (``megaclass.inference.load_export``): drawing 10^8 random rows
-            only to overwrite them takes minutes.
+            loaded right after (``megaclass.inference.load_export``), which would otherwise
+            draw every random row only to overwrite it.
     """
 
     def __init__(
