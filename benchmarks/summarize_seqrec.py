@@ -4,8 +4,8 @@ seeds, beside the published ICLRec figures.
 
 `record RUN_DIR RECORDS` keeps a finished run's summary (and its mean active items per step) as
 RECORDS/RUN_NAME.json: small files committed as a sweep goes, so that a sweep longer than one
-sitting picks up where it stopped on another machine. `table RECORDS OUT` writes OUT/seqrec.md
-(below its marker) and OUT/seqrec.png from them.
+sitting picks up where it stopped on another machine. `table RECORDS OUT` writes the table of
+OUT/seqrec.md (between its markers; the text around them is kept) and OUT/seqrec.png from them.
 """
 
 import json
@@ -131,9 +131,10 @@ def main() -> None:
         return
     runs = _runs(source)
     text = (out / "seqrec.md").read_text() if (out / "seqrec.md").exists() else ""
-    marker = "<!-- table -->"
+    marker, end = "<!-- table -->", "<!-- end of table -->"
     head = text.split(marker)[0] if marker in text else "# Next-item prediction\n\n"
-    (out / "seqrec.md").write_text(f"{head}{marker}\n{table(runs)}\n")
+    tail = text.split(end)[1] if end in text else "\n"
+    (out / "seqrec.md").write_text(f"{head}{marker}\n{table(runs)}\n{end}{tail}")
     plot(runs, out / "seqrec.png")
     print(table(runs))
 
