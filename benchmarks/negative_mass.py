@@ -17,7 +17,7 @@ partition function, it prints the means of:
   exp(logit) over the n, as a share of Z; summed in variance over the strata of a frequency
   fill).
 The sampled loss is log of the estimate, so the error in the estimate is the error in the loss
-(``benchmarks/results/seqrec.md``, "Why knn trails on Sports").
+(``benchmarks/results/seqrec.md``, "Why knn trailed on Sports").
 """
 
 import argparse
