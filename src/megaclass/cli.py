@@ -357,8 +357,10 @@ def _report(table: str, records: list[dict], path: str | None) -> int:
 def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import torch.distributed
+
     from megaclass.process import tune_process
-    from megaclass.train import load_config, resumed_config, train
+    from megaclass.train import init_distributed, load_config, resumed_config, train
 
     if args.resume:
         if args.config:
@@ -374,7 +376,10 @@ def _train(args: argparse.Namespace) -> int:
                 "another --run-dir"
             )
     tune_process(keep_freed=True, huge_pages=True)  # train() sets train.threads itself
+    group = init_distributed()  # under torchrun: made here, so closed here
     train(config, run_dir, resume=bool(args.resume))
+    if group is not None:  # before the interpreter's teardown, which gloo's threads can abort
+        torch.distributed.destroy_process_group()
     return 0
 
 
