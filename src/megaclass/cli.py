@@ -355,6 +355,7 @@ def _report(table: str, records: list[dict], path: str | None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import gc
     from pathlib import Path
 
     import torch.distributed
@@ -379,6 +380,7 @@ def _train(args: argparse.Namespace) -> int:
     group = init_distributed()  # under torchrun: made here, so closed here
     train(config, run_dir, resume=bool(args.resume))
     if group is not None:  # before the interpreter's teardown, which gloo's threads can abort
+        gc.collect()  # the run's objects (cycles) that hold the group go first
         torch.distributed.destroy_process_group()
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import socket
 import tempfile
@@ -40,4 +41,5 @@ def _worker(rank, world_size, port, out, fn, args):
         torch.save(result, os.path.join(out, f"{rank}.pt"))
         dist.barrier()  # no rank tears down while another still communicates
     finally:
-        dist.destroy_process_group()
+        gc.collect()  # the run's objects (cycles) holding the group and its work go first:
+        dist.destroy_process_group()  # left to the interpreter's teardown, gloo can abort it
