@@ -87,19 +87,21 @@ def measure(run: Path, batches: int, warm_up: int, overrides: list[str]) -> None
     heads = {name: _head_with(config, model, name, warm_up) for name in ("knn", "random")}
     label_share, sums = [], {name: [[], [], []] for name in heads}
     num_classes = model.dataset.num_classes
+    no_strata = torch.zeros(num_classes, dtype=torch.int64)  # a uniform draw: one stratum
     for step in range(warm_up, warm_up + batches):  # batches the samplers have not counted
         embeddings, labels = _batch(model, config, step)
         logits = _cosines_or_dots(model.head, embeddings) * model.head.margin.scale
         batch_labels = torch.zeros(num_classes, dtype=torch.bool)
         batch_labels[labels] = True
-        no_strata = torch.zeros(num_classes, dtype=torch.int64)
         label_share.append(_shares(logits, labels, batch_labels, batch_labels, no_strata)[0])
         for name, head in heads.items():
             selection = head.sampler.select(labels, embeddings, head.weight, training=False)
             offsets = selection.logit_offsets
-            is_drawn = torch.zeros(len(selection.rows), dtype=torch.bool)
-            if offsets is not None:
-                is_drawn = offsets != 0
+            is_drawn = (
+                torch.zeros_like(selection.rows, dtype=torch.bool)
+                if offsets is None
+                else offsets != 0
+            )
             outright, drawn = batch_labels.clone(), torch.zeros_like(batch_labels)
             outright[selection.rows[~is_drawn]] = True
             drawn[selection.rows[is_drawn]] = True
