@@ -17,21 +17,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from megaclass.train.checkpoint import latest_checkpoint, load_checkpoint
-from megaclass.train.config import load_config
-from megaclass.train.loop import build_model
+from megaclass.train.loop import load_trained
 
 SEEN_BUCKETS = [(0, 0), (1, 3), (4, 20), (21, 200), (201, None)]
 
 
 def _trained(run: Path):
     """(config, model) of a finished single-rank run, backbone in evaluation mode."""
-    config = load_config(str(run / "config.toml"))
-    model = build_model(config, None)
-    state, _ = load_checkpoint(latest_checkpoint(run), model.head)
-    model.backbone.load_state_dict(state.backbone)
+    model, _ = load_trained(run)
     model.backbone.eval()
-    return config, model
+    return model.config, model
 
 
 def _top1(model, backbone: torch.nn.Module, rows: torch.Tensor) -> float:

@@ -25,19 +25,14 @@ from pathlib import Path
 
 import torch
 
-from megaclass.train.checkpoint import latest_checkpoint, load_checkpoint
-from megaclass.train.config import load_config
-from megaclass.train.loop import build_head, build_model
+from megaclass.train.loop import build_head, load_trained
 from megaclass.train.tasks import prediction_rows
 
 
 def _trained(run: Path, overrides: list[str]):
-    config = load_config(str(run / "config.toml"), overrides)
-    model = build_model(config, None)
-    state, _ = load_checkpoint(latest_checkpoint(run), model.head)
-    model.backbone.load_state_dict(state.backbone)
+    model, _ = load_trained(run, overrides)
     model.backbone.eval()
-    return config, model
+    return model.config, model
 
 
 def _head_with(config, model, sampler_name: str, warm_up: int):

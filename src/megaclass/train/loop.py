@@ -448,14 +448,21 @@ def _refresh_sampler(head: ClassifierHead, step: int, progress: Progress) -> flo
     return seconds
 
 
+def load_trained(run_dir: str | Path, overrides: list[str] = ()) -> tuple[Model, int]:
+    """A run's model as its config (with ``overrides``) builds it, with the newest checkpoint's
+    weights (on this process, or sharded over the torchrun group), and that checkpoint's step."""
+    run_dir = Path(run_dir)
+    model = build_model(load_config(str(run_dir / "config.toml"), overrides), init_distributed())
+    state, _ = load_checkpoint(latest_checkpoint(run_dir), model.head)
+    _unwrap(model.backbone).load_state_dict(state.backbone)
+    return model, state.step
+
+
 def evaluate_run(run_dir: str | Path) -> dict:
     """Load a run's config and newest checkpoint, evaluate, write eval.json (rank 0)."""
     run_dir = Path(run_dir)
-    config = load_config(str(run_dir / "config.toml"))
-    model = build_model(config, init_distributed())
-    state, _ = load_checkpoint(latest_checkpoint(run_dir), model.head)
-    _unwrap(model.backbone).load_state_dict(state.backbone)
-    metrics = {"step": state.step, **model.task.evaluate_all(model)}
+    model, step = load_trained(run_dir)
+    metrics = {"step": step, **model.task.evaluate_all(model)}
     if model.head.rank == 0:
         (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
