@@ -9,10 +9,13 @@
 # in benchmarks/results/seqrec/ (commit them as they come) and is skipped from then on; an
 # interrupted run resumes from its last checkpoint in runs/seqrec/. So a sweep longer than one
 # sitting picks up where it stopped, on this machine or, from the committed records, another.
+# RECIPE=NAME runs every data set with recipes/seqrec-NAME.toml instead of its own (its data path
+# aside), into runs/seqrec-recipe-NAME and benchmarks/results/seqrec-recipe-NAME: does a recipe
+# hold on a data set it was not written for? (The table and plot go into that folder.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=runs/seqrec
-records=benchmarks/results/seqrec
+runs=runs/seqrec${RECIPE:+-recipe-$RECIPE}
+records=benchmarks/results/seqrec${RECIPE:+-recipe-$RECIPE}
 seeds=${SEEDS:-"0 1 2"}
 jobs=${JOBS:-2}
 samplers=${SAMPLERS:-"full knn ann random"}
@@ -22,7 +25,8 @@ for data in "$@"; do
   for seed in $seeds; do
     for sampler in $samplers; do
       dir="$runs/$data-$sampler-$seed"
-      [ -f "$records/$data-$sampler-$seed.json" ] || echo "$data $sampler $seed $dir $records"
+      [ -f "$records/$data-$sampler-$seed.json" ] ||
+        echo "$data $sampler $seed $dir $records ${RECIPE:-$data}"
     done
   done
 done | xargs -P "$jobs" -L 1 sh -c '
@@ -30,9 +34,11 @@ done | xargs -P "$jobs" -L 1 sh -c '
     megaclass train --resume "$4" --set train.threads=1 >> "$4.log" 2>&1
   else
     rm -rf "$4" &&
-    megaclass train --config "recipes/seqrec-$1.toml" --run-dir "$4" --set train.threads=1 \
-      --set head.sampler="\"$2\"" --set train.seed="$3" --set data.seed="$3" > "$4.log" 2>&1
+    data=$(python -c "from megaclass.train.config import load_config as c; print(c(\"recipes/seqrec-$1.toml\").data.path)") &&
+    megaclass train --config "recipes/seqrec-$6.toml" --run-dir "$4" --set train.threads=1 \
+      --set head.sampler="\"$2\"" --set train.seed="$3" --set data.seed="$3" \
+      --set data.path="\"$data\"" > "$4.log" 2>&1
   fi &&
   python benchmarks/summarize_seqrec.py record "$4" "$5" &&
   echo "$4: $(tail -n 2 "$4.log" | tr "\n" " ")"' sh
-python benchmarks/summarize_seqrec.py table "$records" benchmarks/results
+python benchmarks/summarize_seqrec.py table "$records" benchmarks/results${RECIPE:+/seqrec-recipe-$RECIPE}
