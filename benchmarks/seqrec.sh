@@ -34,7 +34,8 @@ done | xargs -P "$jobs" -L 1 sh -c '
     megaclass train --resume "$4" --set train.threads=1 >> "$4.log" 2>&1
   else
     rm -rf "$4" &&
-    data=$(python -c "from megaclass.train.config import load_config as c; print(c(\"recipes/seqrec-$1.toml\").data.path)") &&
+    data=$(python -c "from megaclass.train.config import load_config
+print(load_config(\"recipes/seqrec-$1.toml\").data.path)") &&
     megaclass train --config "recipes/seqrec-$6.toml" --run-dir "$4" --set train.threads=1 \
       --set head.sampler="\"$2\"" --set train.seed="$3" --set data.seed="$3" \
       --set data.path="\"$data\"" > "$4.log" 2>&1
